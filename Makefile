@@ -1,0 +1,54 @@
+# neroic: set-up, tests, benchmarks and batch processing.
+#
+#   make setup                 install everything into .venv (or the active virtualenv)
+#   make test                  run the test suite
+#   make bench                 speed benchmarks (see bench/)
+#   make batch CAPTURES=dir OUT=dir -j2
+#                              turn each CAPTURES/NAME/ folder of photos into OUT/NAME.glb,
+#                              redoing only captures whose photos changed
+
+VENV     ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PYTHON   := $(VENV)/bin/python
+NEROIC   := $(VENV)/bin/neroic
+TORCH_CPU_VERSION ?= 2.13.0
+
+.PHONY: setup system-deps test bench batch clean-batch
+
+setup: system-deps
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	# Without a GPU, take the CPU build of torch first; a GPU user's own CUDA build is kept.
+	if ! command -v nvidia-smi >/dev/null && ! $(PYTHON) -c "import torch" 2>/dev/null; then \
+	  $(PYTHON) -m pip install --quiet "torch==$(TORCH_CPU_VERSION)"; fi
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	$(NEROIC) install-weights
+	# rembg's first import compiles numba code (about a minute); do it once here.
+	$(PYTHON) -c "import rembg" 2>/dev/null
+	@echo "set-up done: activate with  . $(VENV)/bin/activate"
+
+# open3d needs libusb at import time.
+system-deps:
+	@if ! ldconfig -p | grep -q libusb-1.0; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; \
+	  else echo "please install libusb-1.0-0 (e.g. sudo apt-get install libusb-1.0-0), then rerun make setup"; exit 1; fi; \
+	fi
+
+test:
+	$(PYTHON) -m pytest -q
+
+bench:
+	$(PYTHON) -m bench
+
+# Batch: one neroic run per capture folder. Each job gets BATCH_THREADS threads so that
+# `-j2` on a 2-core machine does not oversubscribe the cores.
+CAPTURES ?= captures
+OUT      ?= out
+BATCH_THREADS ?= 1
+BATCH_ARGS ?=
+CAPTURE_NAMES := $(patsubst $(CAPTURES)/%/,%,$(sort $(dir $(wildcard $(CAPTURES)/*/))))
+
+batch: $(patsubst %,$(OUT)/%.glb,$(CAPTURE_NAMES))
+
+.SECONDEXPANSION:
+$(OUT)/%.glb: $$(wildcard $(CAPTURES)/$$*/*) | $(CAPTURES)/%
+	OMP_NUM_THREADS=$(BATCH_THREADS) $(NEROIC) run $(CAPTURES)/$* --out $@ --workdir $(OUT)/$*.neroic --quiet $(BATCH_ARGS)

@@ -1,0 +1,4 @@
+"""`python -m pipeline` is the `neroic` command."""
+from pipeline.cli import main
+
+main()

@@ -1,0 +1,237 @@
+"""The `neroic` command: thin Click wrappers around `pipeline.runner.Pipeline`.
+
+Exit codes: 0 done, 1 pipeline error (one clear message; the traceback only with --debug),
+2 usage error, 130 interrupted (Ctrl-C; finished stages are kept, rerun to resume).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from pipeline.config import ConfigError, resolve
+from pipeline.context import Sources
+from pipeline.errors import NeroicError
+from pipeline.runner import Pipeline, StageInterrupted, StageResult
+from pipeline.workdir import Workdir
+from stages import STAGE_NAMES, get_stage
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class ConsoleWarnings(logging.Handler):
+    """Stage warnings on stderr, written around any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.ERROR:  # errors are printed once by `guarded`
+            tqdm.write(click.style(f"warning: {record.getMessage()}", fg="yellow"), file=sys.stderr)
+
+
+def _fail(message: str, code: int) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def guarded(func):
+    """Turn the errors a user can meet into one message and an exit code."""
+    def wrapper(*args, debug: bool = False, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, click.UsageError) as e:
+            _fail(e.format_message() if isinstance(e, click.UsageError) else str(e), EXIT_USAGE)
+        except NeroicError as e:
+            logging.getLogger("neroic").error("%s", e)
+            if debug:
+                traceback.print_exc()
+            _fail(str(e), EXIT_ERROR)
+        except StageInterrupted as e:
+            logging.getLogger("neroic").warning("interrupted during stage %s", e.stage)
+            _fail(f"interrupted during stage '{e.stage}'; finished stages are kept, "
+                  "run the same command again to resume", EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            _fail("interrupted; finished stages are kept", EXIT_INTERRUPTED)
+        except Exception as e:  # a bug, not bad input: say so, keep the details in the log
+            logging.getLogger("neroic").exception("internal error")
+            if debug:
+                traceback.print_exc()
+            _fail(f"internal error: {type(e).__name__}: {e}\n  (rerun with --debug for the traceback; "
+                  "please report it)", EXIT_ERROR)
+    wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
+    return wrapper
+
+
+def _settings(workdir: Workdir, profile, device, overrides) -> dict:
+    extra = tuple(overrides) + ((f"run.device={device}",) if device else ())
+    return resolve(workdir.config_path, profile, extra)
+
+
+def _print_result(result: StageResult) -> None:
+    if result.action == "skipped":
+        click.echo(f"  {result.name:<9} up to date   {result.figure}")
+    else:
+        mem = f", peak {result.peak_rss_mb:,.0f} MB" if result.peak_rss_mb else ""
+        click.echo(f"  {result.name:<9} done in {result.seconds:6.1f} s{mem}   {result.figure}")
+
+
+def _summary_table(results: list[StageResult]) -> None:
+    total = sum(r.seconds for r in results)
+    click.echo(f"\n{'stage':<10}{'action':<9}{'seconds':>9}  result")
+    for r in results:
+        click.echo(f"{r.name:<10}{r.action:<9}{r.seconds:9.1f}  {r.figure}")
+    click.echo(f"{'total':<19}{total:9.1f}")
+
+
+def _check_writable(out: Path) -> None:
+    parent = out.resolve().parent
+    if out.exists() and out.is_dir():
+        raise click.UsageError(f"--out {out} is a folder; give a file name like model.glb")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".neroic-write-test"):
+            pass
+    except OSError as e:
+        raise click.UsageError(f"cannot write --out {out}: {e.strerror or e}") from None
+
+
+workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+                              default=Path("."), show_default=True, help="The working folder.")
+profile_option = click.option("--profile", type=click.Choice(["preview", "quality"]),
+                              help="Speed/quality preset (default: the config's run.profile).")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+                             help="Where the neural stages run (default: the config's run.device).")
+set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                          help="Override a config value for this run (repeatable).")
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="neroic")
+def main():
+    """neroic: photos of one object -> a relightable 3D model (NeROIC)."""
+    logging.getLogger().setLevel(logging.DEBUG)
+    console = ConsoleWarnings()
+    console.setLevel(logging.WARNING)
+    logging.getLogger("neroic").addHandler(console)
+
+
+@main.command()
+@click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the model (.glb).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Working folder [default: OUT's name with .neroic, beside it].")
+@click.option("--poses", type=click.Path(exists=True, path_type=Path),
+              help="Known cameras: a transforms.json or a COLMAP sparse model folder (skips SfM).")
+@click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of masks named like the photos (skips background removal).")
+@profile_option
+@device_option
+@click.option("--force", multiple=True, type=click.Choice(STAGE_NAMES), help="Rerun this stage (repeatable).")
+@set_option
+@click.option("--until", type=click.Choice(STAGE_NAMES), help="Stop after this stage.")
+@debug_option
+@quiet_option
+def run(photos, out, workdir, poses, masks, profile, device, force, overrides, until, debug, quiet):
+    """Run every stage on the photos in PHOTOS and write the model to --out."""
+    guarded(_run)(photos, out, workdir, poses, masks, profile, device, force, overrides, until, quiet,
+                  debug=debug)
+
+
+def _run(photos, out, workdir, poses, masks, profile, device, force, overrides, until, quiet):
+    _check_writable(out)
+    wd = Workdir(workdir or out.with_suffix(".neroic"))
+    wd.create()
+    wd.attach_log()
+    sources = Sources(photos=photos, masks=masks, poses=poses)
+    wd.write_sources(sources)
+    settings = _settings(wd, profile, device, overrides)
+    click.echo(f"neroic: {photos} -> {out}  (workdir {wd.root}, profile {settings['run']['profile']})")
+    pipe = Pipeline(wd, settings, wd.read_sources(), quiet=quiet)
+    results = pipe.run(until=until, force=frozenset(force), on_result=_print_result)
+    _summary_table(results)
+    if results[-1].name == "export":
+        model = wd.stage_dir("export") / "model.glb"
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.copyfile(model, tmp)
+        os.replace(tmp, out)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(f"stopped after stage '{results[-1].name}' (--until); no model written yet")
+
+
+@main.command()
+@click.argument("name", type=click.Choice(STAGE_NAMES))
+@workdir_option
+@profile_option
+@device_option
+@set_option
+@click.option("--force", is_flag=True, help="Rerun even if up to date.")
+@debug_option
+@quiet_option
+def stage(name, workdir, profile, device, overrides, force, debug, quiet):
+    """Run one stage NAME in an existing workdir (its upstream stages must be done)."""
+    guarded(_stage)(name, workdir, profile, device, overrides, force, quiet, debug=debug)
+
+
+def _stage(name, workdir, profile, device, overrides, force, quiet):
+    wd = Workdir(workdir)
+    wd.require()
+    wd.attach_log()
+    spec = get_stage(name)
+    if not spec.is_built():
+        raise NeroicError(f"stage '{name}' is not built yet (tracked in issue #{spec.issue})")
+    pipe = Pipeline(wd, _settings(wd, profile, device, overrides), wd.read_sources(), quiet=quiet)
+    _print_result(pipe.run_stage(spec, force=force))
+
+
+@main.command()
+@workdir_option
+@profile_option
+@set_option
+@debug_option
+def status(workdir, profile, overrides, debug):
+    """Show each stage of a workdir: done / stale / not run, when, how long, its key figure."""
+    guarded(_status)(workdir, profile, overrides, debug=debug)
+
+
+def _status(workdir, profile, overrides):
+    wd = Workdir(workdir)
+    wd.require()
+    pipe = Pipeline(wd, _settings(wd, profile, None, overrides), wd.read_sources())
+    colours = {"done": "green", "stale": "yellow", "not run": None, "not built": "bright_black"}
+    click.echo(f"{'stage':<10}{'status':<11}{'finished':<18}{'seconds':>8}  result")
+    for st in pipe.states():
+        m = st.manifest or {}
+        when = ""
+        if m.get("started"):
+            finished = dt.datetime.fromisoformat(m["started"]) + dt.timedelta(seconds=m.get("seconds", 0))
+            when = finished.strftime("%Y-%m-%d %H:%M")
+        seconds = f"{m['seconds']:.1f}" if "seconds" in m else ""
+        figure = m.get("summary", {}).get("figure", "") if st.status in ("done", "stale") else st.reason
+        if st.status == "stale":
+            figure = f"{figure}  [{st.reason}]"
+        click.echo(click.style(f"{st.spec.name:<10}{st.status:<11}", fg=colours[st.status])
+                   + f"{when:<18}{seconds:>8}  {figure}")
+
+
+@main.command("install-weights")
+@debug_option
+def install_weights(debug):
+    """Install the offline background-removal weights (u2netp) where rembg looks."""
+    guarded(_install_weights)(debug=debug)
+
+
+def _install_weights():
+    from pipeline.weights import install_u2netp
+    from stages.masks import weights_home
+
+    click.echo(f"installed {install_u2netp(weights_home())}")

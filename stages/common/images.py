@@ -1,0 +1,106 @@
+"""Reading photos safely and uniformly; writing the PNGs every stage exchanges.
+
+Photos arrive in every form (JPEG, PNG, greyscale, palette, 16-bit, with or without alpha,
+rotated by EXIF). `load_photo` turns any of them into 8-bit sRGB RGB plus an optional alpha,
+upright, after refusing files whose header announces more pixels than allowed (a
+decompression bomb is refused before it is decoded).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own bomb guard is replaced by the explicit pixel limit passed to load_photo.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class UnreadableImage(Exception):
+    """The file is not an image we can use; the message says why, for the user."""
+
+
+@dataclass
+class Photo:
+    rgb: np.ndarray  # [H, W, 3] uint8, sRGB
+    alpha: np.ndarray | None  # [H, W] uint8, None when the file has no (non-trivial) alpha
+    exif: dict  # tag name -> value (base IFD and Exif IFD), before orientation is applied
+
+
+def _exif_dict(img: Image.Image) -> dict:
+    from PIL import ExifTags
+
+    try:
+        exif = img.getexif()
+        merged = dict(exif.items()) | dict(exif.get_ifd(ExifTags.IFD.Exif).items())
+    except Exception:  # malformed EXIF must not make a good photo unusable
+        return {}
+    return {ExifTags.TAGS.get(k, str(k)): v for k, v in merged.items()}
+
+
+def _to_8bit_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any Pillow mode -> ([H, W, 3] uint8 RGB, [H, W] uint8 alpha or None)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(img, dtype=np.uint32)
+        grey = (grey >> 8 if grey.max() > 255 else grey).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    if img.mode == "F":
+        grey = np.clip(np.asarray(img) * (255.0 if np.asarray(img).max() <= 1.0 else 1.0), 0, 255)
+        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2), None
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    rgba = np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+    if not has_alpha:
+        return rgba, None
+    alpha = rgba[..., 3]
+    return np.ascontiguousarray(rgba[..., :3]), (None if alpha.min() == 255 else alpha)
+
+
+def load_photo(path: Path, max_pixels: int) -> Photo:
+    """Decode a photo upright, as 8-bit RGB (+ alpha), refusing oversized or broken files."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(path)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise UnreadableImage(f"{w}x{h} = {w * h:,} pixels is over the limit of "
+                                      f"{max_pixels:,} (ingest.max_pixels)")
+            exif = _exif_dict(img)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb, alpha = _to_8bit_channels(img)
+    except UnreadableImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise UnreadableImage("not an image format neroic reads (JPEG or PNG)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UnreadableImage(f"corrupt or truncated image ({e})") from None
+    if rgb.shape[0] < 16 or rgb.shape[1] < 16:
+        raise UnreadableImage(f"too small ({rgb.shape[1]}x{rgb.shape[0]} pixels)")
+    return Photo(rgb, alpha, exif)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """A PNG written by a stage -> [H, W, 3] uint8 sRGB."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask PNG -> [H, W] uint8 (0-255)."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L"))
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """[H, W], [H, W, 3] or [H, W, 4] uint8 -> PNG."""
+    Image.fromarray(np.ascontiguousarray(array)).save(path, optimize=False, compress_level=4)
+
+
+def resize(array: np.ndarray, size: tuple[int, int], resample=Image.Resampling.LANCZOS) -> np.ndarray:
+    """Resize an [H, W(, C)] uint8 array to (width, height)."""
+    if (array.shape[1], array.shape[0]) == tuple(size):
+        return array
+    return np.asarray(Image.fromarray(array).resize(size, resample))

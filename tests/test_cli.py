@@ -1,0 +1,106 @@
+"""The `neroic` command as a user meets it: exit codes, messages, caching, Ctrl-C."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from tests.conftest import disc_photo, write_image
+
+SET_SMALL = ["--set", "ingest.max_size=200"]
+SMALL = [*SET_SMALL, "--quiet"]
+
+
+def neroic(*args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
+def assert_one_clear_error(done, code, text):
+    assert done.returncode == code, done.stderr
+    assert text in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_empty_folder_two_photos_and_bad_out(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_clear_error(neroic("run", empty, "--out", tmp_path / "m.glb"), 1, "no files in")
+
+    two = tmp_path / "two"
+    two.mkdir()
+    for i in range(2):
+        write_image(two / f"{i}.jpg", disc_photo(seed=i)[0])
+    (two / "notes.jpg").write_text("a text file named .jpg")
+    done = neroic("run", two, "--out", tmp_path / "m.glb", *SMALL)
+    assert_one_clear_error(done, 1, "only 2 usable photo(s)")
+    assert "skipping notes.jpg" in done.stderr
+
+    (tmp_path / "a_file").write_text("")
+    assert_one_clear_error(neroic("run", two, "--out", tmp_path / "a_file" / "m.glb"), 2, "cannot write --out")
+    assert_one_clear_error(neroic("run", two, "--out", tmp_path / "m.glb", "--set", "masks.nope=1"),
+                           2, "unknown config key masks.nope")
+
+
+def test_rerun_skips_and_a_masks_change_reruns_only_downstream(kermit_photos, tmp_path):
+    out = tmp_path / "out" / "kermit.glb"
+    first = neroic("run", kermit_photos, "--out", out, "--until", "masks", *SMALL)
+    assert first.returncode == 0, first.stderr
+    work = tmp_path / "out" / "kermit.neroic"
+    ingest_manifest = (work / "ingest" / "manifest.json").read_text()
+
+    again = neroic("run", kermit_photos, "--out", out, "--until", "masks", *SMALL)
+    assert again.returncode == 0 and again.stdout.count("up to date") == 2, again.stdout
+
+    changed = neroic("run", kermit_photos, "--out", out, "--until", "masks", *SMALL, "--set", "masks.threshold=200")
+    assert "ingest    up to date" in changed.stdout and "masks     done" in changed.stdout, changed.stdout
+    assert (work / "ingest" / "manifest.json").read_text() == ingest_manifest
+    assert json.loads((work / "masks" / "masks.json").read_text())["threshold"] == 200
+
+    status = neroic("status", "--workdir", work, *SET_SMALL)
+    assert status.returncode == 0
+    assert "ingest    done" in status.stdout and "masks     stale" in status.stdout  # --set is for one command
+
+
+def test_stage_command_names_the_missing_upstream(kermit_photos, tmp_path):
+    out, work = tmp_path / "k.glb", tmp_path / "k.neroic"
+    (kermit_photos / "extra.jpg").write_text("not a photo")
+    assert neroic("run", kermit_photos, "--out", out, "--until", "ingest", *SMALL).returncode == 0
+    (kermit_photos / "extra.jpg").unlink()  # the photo folder changed: ingest is stale
+    assert_one_clear_error(neroic("stage", "masks", "--workdir", work, *SET_SMALL), 1,
+                           "needs stage 'ingest', which is stale")
+    assert neroic("stage", "ingest", "--workdir", work, *SMALL).returncode == 0
+    assert neroic("stage", "masks", "--workdir", work, *SMALL).returncode == 0
+
+    for name in ("kermit000.jpg", "kermit001.jpg", "kermit002.jpg"):
+        (kermit_photos / name).unlink()
+    fresh = tmp_path / "fresh"
+    assert neroic("run", kermit_photos, "--out", out, "--workdir", fresh, *SMALL).returncode == 1
+    assert_one_clear_error(neroic("stage", "masks", "--workdir", fresh), 1, "needs stage 'ingest', which is not run")
+    assert_one_clear_error(neroic("status", "--workdir", tmp_path), 1, "is not a neroic workdir")
+
+
+def test_ctrl_c_keeps_finished_stages_and_rerun_resumes(kermit_photos, tmp_path):
+    out, work = tmp_path / "k.glb", tmp_path / "k.neroic"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", kermit_photos, "--out", out,
+                             "--until", "masks", "--set", "ingest.max_size=200"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (work / ".tmp" / "masks").exists():
+        assert proc.poll() is None and time.time() < deadline, "masks stage never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted during stage 'masks'" in stderr and "Traceback" not in stderr
+    assert (work / "ingest" / "manifest.json").exists()
+    assert not (work / "masks" / "manifest.json").exists()
+    assert not (work / ".tmp" / "masks").exists()
+
+    rerun = neroic("run", kermit_photos, "--out", out, "--until", "masks", "--set", "ingest.max_size=200", "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "ingest    up to date" in rerun.stdout and "masks     done" in rerun.stdout

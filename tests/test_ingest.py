@@ -1,0 +1,98 @@
+"""The ingest stage on real photos and on every odd kind of file users have."""
+import json
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import NeroicError
+from stages import get_stage
+from stages.ingest import focal_from_exif
+from tests.conftest import disc_photo, shared, write_image
+
+INGEST = get_stage("ingest")
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width x height pixels: a decompression bomb's calling card."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def _photos(pipe):
+    pipe.run_stage(INGEST)
+    return json.loads((pipe.workdir.stage_dir("ingest") / "photos.json").read_text())
+
+
+def test_real_photos_resized_with_focal_hint(kermit_photos, make_pipeline):
+    result = _photos(make_pipeline(kermit_photos, ["ingest.max_size=320"]))
+    photos = result["photos"]
+    assert len(photos) == 5 and not result["skipped"]
+    first = photos[0]
+    assert (first["width"], first["height"]) == (320, 240)
+    # kermit's EXIF: 5.40625 mm at 3106.8 px/inch over a 640 px wide image -> 661 px, halved.
+    assert first["focal_px"] == pytest.approx(661.26 / 2, rel=1e-3)
+    assert first["camera"] == "Canon PowerShot A10"
+
+
+def test_skull_exif_focal():
+    with Image.open(shared("skull01", "images", "01.jpg")) as im:
+        from stages.common.images import _exif_dict
+        exif = _exif_dict(im)
+    # 55 mm on a Canon T3 (4720 px/inch at 4272 px) seen at 1024 px wide: ~2450 px.
+    assert focal_from_exif(exif, 1024, 683) == pytest.approx(55 * 4720.44 / 25.4 * 1024 / 4272, rel=1e-3)
+
+
+def test_odd_files_are_converted_or_skipped(kermit_photos, make_pipeline):
+    rgb, alpha = disc_photo()
+    write_image(kermit_photos / "rgba.png", np.dstack([rgb, alpha]))
+    write_image(kermit_photos / "grey.png", rgb[..., 0])
+    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)).save(kermit_photos / "grey16.png")
+    Image.fromarray(rgb).convert("P").save(kermit_photos / "palette.png")
+    # EXIF orientation 6 (rotate 90 CW to display): stored 96x72 -> upright 72x96.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(kermit_photos / "rotated.jpg", exif=exif)
+    (kermit_photos / "notes.jpg").write_text("not a photo")
+    good = (kermit_photos / "kermit000.jpg").read_bytes()
+    (kermit_photos / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    _png_header_only(kermit_photos / "bomb.png", 200_000, 200_000)
+    shutil.copy(kermit_photos / "kermit001.jpg", kermit_photos / "copy_of_001.jpg")
+
+    result = _photos(make_pipeline(kermit_photos, ["ingest.max_size=320"]))
+    by_name = {p["name"]: p for p in result["photos"]}
+    skipped = {s["name"]: s["reason"] for s in result["skipped"]}
+    assert set(skipped) == {"notes.jpg", "truncated.jpg", "bomb.png"}
+    assert "pixels is over the limit" in skipped["bomb.png"]
+    assert "not an image" in skipped["notes.jpg"]
+    assert result["duplicates"] == [{"name": "kermit001.jpg", "same_as": "copy_of_001.jpg"}]
+    assert by_name["rgba.png"]["alpha"] == "alpha/rgba.png"
+    assert by_name["grey.png"]["alpha"] is None
+    assert (by_name["rotated.jpg"]["width"], by_name["rotated.jpg"]["height"]) == (72, 96)
+    folder = kermit_photos.parent / "work" / "ingest"
+    grey16 = np.asarray(Image.open(folder / by_name["grey16.png"]["image"]))
+    assert grey16.shape == (72, 96, 3) and np.array_equal(grey16[..., 0], rgb[..., 1])
+    saved_alpha = np.asarray(Image.open(folder / "alpha" / "rgba.png"))
+    assert np.array_equal(saved_alpha > 127, alpha > 127)
+
+
+def test_too_few_usable_photos(tmp_path, make_pipeline):
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for i in range(2):
+        write_image(folder / f"{i}.png", disc_photo(seed=i)[0])
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 garbage")
+    with pytest.raises(NeroicError, match="only 2 usable photo"):
+        make_pipeline(folder).run_stage(INGEST)
+
+
+def test_empty_folder(tmp_path, make_pipeline):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NeroicError, match="no files"):
+        make_pipeline(tmp_path / "empty").run_stage(INGEST)

@@ -1,0 +1,70 @@
+"""The masks stage: rembg on real photos, the photo's own alpha, user masks, flagged masks."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import NeroicError
+from stages import get_stage
+from tests.conftest import disc_photo, write_image
+
+INGEST, MASKS = get_stage("ingest"), get_stage("masks")
+
+
+def _masks(pipe):
+    pipe.run_stage(INGEST)
+    pipe.run_stage(MASKS)
+    folder = pipe.workdir.stage_dir("masks")
+    return folder, {m["stem"]: m for m in json.loads((folder / "masks.json").read_text())["masks"]}
+
+
+def test_rembg_on_real_photos(kermit_photos, make_pipeline):
+    folder, masks = _masks(make_pipeline(kermit_photos, ["ingest.max_size=320"]))
+    assert len(masks) == 5
+    for m in masks.values():
+        assert m["source"] == "rembg" and m["status"] == "ok"
+        # Kermit and the pile of books fill roughly a tenth to a half of each photo.
+        assert 0.1 < m["fraction"] < 0.7
+        mask = np.asarray(Image.open(folder / m["mask"]))
+        assert mask.shape == (240, 320)
+        # The red chair at the borders is background.
+        assert mask[:, :8].mean() < 128 and mask[-8:, :].mean() < 128
+    sheet = Image.open(folder / "contact_sheet.png")
+    assert sheet.width > 300 and sheet.height > 100
+
+
+def test_alpha_and_user_masks_and_flags(tmp_path, make_pipeline):
+    photos, user = tmp_path / "photos", tmp_path / "user_masks"
+    photos.mkdir()
+    user.mkdir()
+    for i in range(5):
+        rgb, alpha = disc_photo(seed=i)
+        write_image(photos / f"p{i}.png", np.dstack([rgb, alpha]))
+    # p3: the user's mask (given as 'p3.png.png' style and as plain stem) overrides the alpha.
+    write_image(user / "p3.png", np.full((72, 96), 255, np.uint8))  # whole photo -> "full"
+    zeros = np.zeros((72, 96), np.uint8)
+    write_image(user / "p4.png.png", zeros)  # -> "empty"
+    folder, masks = _masks(make_pipeline(photos, masks=user))
+    assert [masks[f"p{i}"]["source"] for i in range(5)] == ["alpha"] * 3 + ["user"] * 2
+    assert [masks[f"p{i}"]["status"] for i in range(5)] == ["ok"] * 3 + ["full", "empty"]
+    assert masks["p0"]["fraction"] == pytest.approx(np.pi * (0.3 * 72) ** 2 / (96 * 72), rel=0.05)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["summary"]["excluded"] == ["p3", "p4"]
+
+
+def test_too_few_usable_masks_is_an_error(tmp_path, make_pipeline):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        rgb, alpha = disc_photo(seed=i)
+        write_image(photos / f"p{i}.png", np.dstack([rgb, alpha if i else alpha * 0 + 1]))
+    with pytest.raises(NeroicError, match="only 2 photo"):
+        _masks(make_pipeline(photos))
+    assert not (tmp_path / "work" / "masks" / "manifest.json").exists()
+
+
+def test_missing_weights_gives_a_clear_error(kermit_photos, make_pipeline, monkeypatch, tmp_path):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no_weights"))
+    with pytest.raises(NeroicError, match="make setup"):
+        _masks(make_pipeline(kermit_photos, ["ingest.max_size=160"]))
