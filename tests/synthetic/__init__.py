@@ -1,0 +1,1 @@
+"""Synthetic captures with exact ground truth, for testing the pipeline stages."""
