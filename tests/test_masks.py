@@ -68,3 +68,25 @@ def test_missing_weights_gives_a_clear_error(kermit_photos, make_pipeline, monke
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no_weights"))
     with pytest.raises(NeroicError, match="make setup"):
         _masks(make_pipeline(kermit_photos, ["ingest.max_size=160"]))
+
+
+def test_rembg_matches_the_true_silhouette_of_a_rendered_object(tmp_path, make_pipeline):
+    """Spot rendered under random lights, photographed on a plain backdrop: rembg vs exact alpha."""
+    from tests.synthetic.spot_capture import make_spot_capture
+
+    capture = make_spot_capture(tmp_path / "spot", size=192, n_train=4, n_heldout=0, lighting="random", seed=3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    truth = {}
+    ramp = np.linspace(90, 170, 192)[:, None, None]  # a studio backdrop: vertical grey gradient
+    for png in sorted((capture / "images").glob("*.png")):
+        rgba = np.asarray(Image.open(png)).astype(np.float32)
+        a = rgba[..., 3:] / 255
+        write_image(photos / f"{png.stem}.jpg", (rgba[..., :3] * a + ramp * (1 - a)).astype(np.uint8), quality=92)
+        truth[png.stem] = a[..., 0] >= 0.5
+    folder, masks = _masks(make_pipeline(photos))
+    for stem, gt in truth.items():
+        assert masks[stem]["source"] == "rembg"
+        mask = np.asarray(Image.open(folder / masks[stem]["mask"])) >= 128
+        iou = (mask & gt).sum() / (mask | gt).sum()
+        assert iou > 0.97, (stem, iou)
