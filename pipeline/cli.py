@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 pipeline error (one clear message; the traceback only with
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import shutil
@@ -59,6 +60,8 @@ def guarded(func):
         except KeyboardInterrupt:
             _fail("interrupted; finished stages are kept", EXIT_INTERRUPTED)
         except Exception as e:  # a bug, not bad input: say so, keep the details in the log
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                _fail("disk full; free some space and rerun; finished stages are intact", EXIT_ERROR)
             logging.getLogger("neroic").exception("internal error")
             if debug:
                 traceback.print_exc()
@@ -118,6 +121,7 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 def main():
     """neroic: photos of one object -> a relightable 3D model (NeROIC)."""
     logging.getLogger().setLevel(logging.DEBUG)
+    logging.raiseExceptions = False  # a full disk must not turn log writes into tracebacks
     console = ConsoleWarnings()
     console.setLevel(logging.WARNING)
     logging.getLogger("neroic").addHandler(console)

@@ -186,20 +186,20 @@ class Pipeline:
     def _execute(self, spec: StageSpec, fingerprint: str) -> StageResult:
         wd = self.workdir
         tmp, final = wd.tmp_dir(spec.name), wd.stage_dir(spec.name)
-        checkpoints = self._checkpoints_for(spec.name, fingerprint)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if self._device is None:
-            self._device = resolve_device(self.settings["run"]["device"])
-        ctx = StageContext(
-            name=spec.name, workdir=wd.root, out=tmp, checkpoints=checkpoints,
-            config=self.settings.get(spec.name, {}), settings=self.settings, sources=self.sources,
-            device=self._device, inputs={n: wd.stage_dir(n) for n in spec.needs},
-            log=logging.getLogger(f"neroic.{spec.name}"), quiet=self.quiet)
-        log.info("running stage %s (fingerprint %s)", spec.name, fingerprint[:12])
-        started = dt.datetime.now().astimezone()
-        t0 = time.perf_counter()
         try:
+            checkpoints = self._checkpoints_for(spec.name, fingerprint)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            if self._device is None:
+                self._device = resolve_device(self.settings["run"]["device"])
+            ctx = StageContext(
+                name=spec.name, workdir=wd.root, out=tmp, checkpoints=checkpoints,
+                config=self.settings.get(spec.name, {}), settings=self.settings, sources=self.sources,
+                device=self._device, inputs={n: wd.stage_dir(n) for n in spec.needs},
+                log=logging.getLogger(f"neroic.{spec.name}"), quiet=self.quiet)
+            log.info("running stage %s (fingerprint %s)", spec.name, fingerprint[:12])
+            started = dt.datetime.now().astimezone()
+            t0 = time.perf_counter()
             with PeakMemory() as memory:
                 module = importlib.import_module(spec.module)
                 summary = module.run(ctx) or {}

@@ -72,6 +72,8 @@ class Workdir:
 
     def write_sources(self, sources: Sources) -> None:
         values = {k: str(Path(v).resolve()) if v else None for k, v in asdict(sources).items()}
+        if self.read_sources() == Sources(**{k: Path(v) if v else None for k, v in values.items()}):
+            return
         write_json_atomic(self.root / SOURCES_NAME, values)
 
     def attach_log(self) -> logging.Handler:

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from tests.conftest import disc_photo, write_image
 
@@ -95,7 +96,8 @@ def test_ctrl_c_keeps_finished_stages_and_rerun_resumes(kermit_photos, tmp_path)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    # 130, or death by SIGINT (-2) when a library re-raises it at exit: a shell shows 130 for both
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, stderr[-600:])
     assert "interrupted during stage 'masks'" in stderr and "Traceback" not in stderr
     assert (work / "ingest" / "manifest.json").exists()
     assert not (work / "masks" / "manifest.json").exists()
@@ -104,3 +106,37 @@ def test_ctrl_c_keeps_finished_stages_and_rerun_resumes(kermit_photos, tmp_path)
     rerun = neroic("run", kermit_photos, "--out", out, "--until", "masks", "--set", "ingest.max_size=200", "-q")
     assert rerun.returncode == 0, rerun.stderr
     assert "ingest    up to date" in rerun.stdout and "masks     done" in rerun.stdout
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 4 MB tmpfs (needs root, as on CI); the test is skipped where mounting is not allowed."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mount],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", mount], check=False)
+
+
+def test_full_disk_keeps_finished_stages(kermit_photos, tiny_disk):
+    work, out = tiny_disk / "work", tiny_disk / "k.glb"
+    args = ("run", kermit_photos, "--out", out, "--workdir", work, *SMALL)
+    assert neroic(*args, "--until", "ingest").returncode == 0
+    ingest_files = sorted(p.name for p in (work / "ingest" / "images").iterdir())
+    filler = tiny_disk / "filler"
+    with open(filler, "wb") as f:  # leave almost nothing free
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    done = neroic(*args, "--until", "masks")
+    assert_one_clear_error(done, 1, "disk full while running stage 'masks'")
+    assert sorted(p.name for p in (work / "ingest" / "images").iterdir()) == ingest_files
+    assert (work / "ingest" / "manifest.json").exists() and not (work / ".tmp" / "masks").exists()
+    filler.unlink()
+    again = neroic(*args, "--until", "masks")
+    assert again.returncode == 0 and "ingest    up to date" in again.stdout
