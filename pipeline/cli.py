@@ -92,6 +92,17 @@ def _summary_table(results: list[StageResult]) -> None:
     click.echo(f"{'total':<19}{total:9.1f}")
 
 
+def _write_report(wd: Workdir, out: Path, error: str | None = None) -> Path | None:
+    """The run report; failing to write it never fails the run."""
+    from pipeline.report import write_report
+
+    try:
+        return write_report(wd.root, f"neroic: {out.stem}", error)
+    except Exception:
+        logging.getLogger("neroic").warning("could not write the run report", exc_info=True)
+        return None
+
+
 def _check_writable(out: Path) -> None:
     parent = out.resolve().parent
     if out.exists() and out.is_dir():
@@ -120,7 +131,6 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.version_option(package_name="neroic")
 def main():
     """neroic: photos of one object -> a relightable 3D model (NeROIC)."""
-    logging.getLogger().setLevel(logging.DEBUG)
     logging.raiseExceptions = False  # a full disk must not turn log writes into tracebacks
     console = ConsoleWarnings()
     console.setLevel(logging.WARNING)
@@ -160,8 +170,13 @@ def _run(photos, out, workdir, poses, masks, profile, device, force, overrides, 
     settings = _settings(wd, profile, device, overrides)
     click.echo(f"neroic: {photos} -> {out}  (workdir {wd.root}, profile {settings['run']['profile']})")
     pipe = Pipeline(wd, settings, wd.read_sources(), quiet=quiet)
-    results = pipe.run(until=until, force=frozenset(force), on_result=_print_result)
+    try:
+        results = pipe.run(until=until, force=frozenset(force), on_result=_print_result)
+    except (NeroicError, StageInterrupted) as e:
+        _write_report(wd, out, f"interrupted during stage '{e.stage}'" if isinstance(e, StageInterrupted) else str(e))
+        raise
     _summary_table(results)
+    click.echo(f"report: {_write_report(wd, out)}")
     if results[-1].name == "export":
         model = wd.stage_dir("export") / "model.glb"
         tmp = out.with_name(f".{out.name}.tmp")

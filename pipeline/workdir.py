@@ -77,11 +77,9 @@ class Workdir:
         write_json_atomic(self.root / SOURCES_NAME, values)
 
     def attach_log(self) -> logging.Handler:
-        """Send everything (DEBUG and up) to WORKDIR/neroic.log."""
+        """Send neroic's own messages (DEBUG and up) and other libraries' warnings to WORKDIR/neroic.log."""
         handler = logging.FileHandler(self.root / LOG_NAME)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(logging.DEBUG)
-        root = logging.getLogger()
-        root.setLevel(logging.DEBUG)
-        root.addHandler(handler)
+        logging.getLogger("neroic").setLevel(logging.DEBUG)
+        logging.getLogger().addHandler(handler)
         return handler
