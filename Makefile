@@ -22,15 +22,17 @@ setup: system-deps
 	  $(PYTHON) -m pip install --quiet "torch==$(TORCH_CPU_VERSION)"; fi
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 	$(NEROIC) install-weights
+	# The Khronos glTF validator and three.js (for the export stage's checks and screenshot).
+	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	# rembg's first import compiles numba code (about a minute); do it once here.
 	$(PYTHON) -c "import rembg" 2>/dev/null
 	@echo "set-up done: activate with  . $(VENV)/bin/activate"
 
-# open3d needs libusb at import time.
+# open3d needs libusb at import time; chromium renders the exported GLB for its screenshot.
 system-deps:
-	@if ! ldconfig -p | grep -q libusb-1.0; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; \
-	  else echo "please install libusb-1.0-0 (e.g. sudo apt-get install libusb-1.0-0), then rerun make setup"; exit 1; fi; \
+	@if ! ldconfig -p | grep -q libusb-1.0 || ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libusb-1.0-0 chromium >/dev/null; \
+	  else echo "please install libusb-1.0-0 and chromium (e.g. sudo apt-get install libusb-1.0-0 chromium), then rerun make setup"; exit 1; fi; \
 	fi
 
 test:

@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 pipeline error (one clear message; the traceback only with
 from __future__ import annotations
 
 import datetime as dt
+import json
 import errno
 import logging
 import os
@@ -254,3 +255,70 @@ def _install_weights():
     from stages.masks import weights_home
 
     click.echo(f"installed {install_u2netp(weights_home())}")
+
+
+@main.command()
+@workdir_option
+@click.option("--cameras", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Cameras to render: a transforms.json (method.md format).")
+@click.option("--turntable", type=click.IntRange(2, 720), metavar="N",
+              help="Instead of --cameras: N views around the object, written also as turntable.gif.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--what", default="rgb", show_default=True,
+              help="Comma-separated: rgb, alpha, depth, normal, albedo, shading, specular.")
+@click.option("--appearance-of", metavar="PHOTO", help="Unlit colour as in this training photo (default: neutral).")
+@click.option("--lighting", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Relight with this SH light (method.md JSON; the first entry is used).")
+@click.option("--lighting-of", metavar="PHOTO", help="Relight with the light learned for this photo.")
+@click.option("--env", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Relight with an equirectangular environment image (.hdr or LDR), projected to SH.")
+@device_option
+@debug_option
+@quiet_option
+def render(workdir, cameras, turntable, out, what, appearance_of, lighting, lighting_of, env, device, debug, quiet):
+    """Render cameras from a finished workdir, unlit or relit, as PNGs named like the frames."""
+    guarded(_render)(workdir, cameras, turntable, out, what, appearance_of, lighting, lighting_of, env, device,
+                     quiet, debug=debug)
+
+
+def _render(workdir, cameras, turntable, out, what, appearance_of, lighting, lighting_of, env, device, quiet):
+    from pipeline.runner import resolve_device
+    from stages import render as rendering
+    from stages.common.cameras import read_transforms
+
+    if (cameras is None) == (turntable is None):
+        raise click.UsageError("give either --cameras FILE or --turntable N")
+    if sum(x is not None for x in (lighting, lighting_of, env)) > 1:
+        raise click.UsageError("--lighting, --lighting-of and --env are alternatives: give one")
+    wd = Workdir(workdir)
+    wd.require()
+    light = None
+    if lighting is not None:
+        from stages.common.sh import read_lighting
+
+        try:
+            light = read_lighting(lighting)[0][1]
+        except (ValueError, IndexError) as e:
+            raise NeroicError(f"{lighting}: {e or 'no light in the file'}") from None
+    elif lighting_of is not None:
+        light = rendering.learned_light(wd.root, lighting_of)
+    elif env is not None:
+        from stages.common.envmap import read_environment
+        from stages.common.sh import project_env_to_sh
+
+        light = project_env_to_sh(read_environment(env))
+    if turntable is not None:
+        poses = rendering.require_stage(wd.root, "poses", "--turntable")
+        centre = json.loads((poses / "normalization.json").read_text())["bounds"]["center"]
+        frames = rendering.turntable_frames(read_transforms(poses / "transforms.json", roots=[wd.root])[0],
+                                            turntable, centre=centre)
+    else:
+        frames = read_transforms(cameras)
+    kinds = tuple(k.strip() for k in what.split(",") if k.strip())
+    files = rendering.render_cameras(wd.root, frames, out, kinds, light, appearance_of,
+                                     resolve_device(device or "auto"),
+                                     progress=lambda it, **kw: tqdm(it, disable=quiet, leave=False, **kw))
+    if turntable is not None and "rgb" in kinds:
+        gif = rendering.write_animation([out / f"{f.stem}.png" for f in frames], out / "turntable.gif")
+        click.echo(f"wrote {gif}")
+    click.echo(f"wrote {len(files)} file(s) to {out}")

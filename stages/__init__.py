@@ -7,6 +7,10 @@ what is up to date never pays for importing torch, pycolmap or rembg.
 from __future__ import annotations
 
 import importlib.util
+# pycolmap 4.2.1 exports its own zlib symbols: if the system libz loads after it, zlib users
+# (PIL's PNG writer, numpy's savez_compressed) crash with a double free. Every stage module is
+# imported through this package, so loading zlib here first is enough.
+import zlib  # noqa: F401
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -32,9 +36,9 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("masks", "stages.masks", needs=("ingest",), sources=("masks",), issue=2),
     StageSpec("poses", "stages.poses", needs=("ingest", "masks"), sources=("poses",), issue=2),
     StageSpec("geometry", "stages.geometry", needs=("ingest", "masks", "poses"), issue=3),
-    StageSpec("normals", "stages.normals", needs=("poses", "geometry"), issue=3),
+    StageSpec("normals", "stages.normals", needs=("ingest", "poses", "geometry"), issue=3),
     StageSpec("material", "stages.material", needs=("ingest", "masks", "poses", "geometry", "normals"), issue=4),
-    StageSpec("export", "stages.export", needs=("poses", "geometry", "material"), issue=5),
+    StageSpec("export", "stages.export", needs=("masks", "poses", "geometry", "material"), issue=5),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)

@@ -63,3 +63,120 @@ def sample_grid(values: Tensor, positions: Tensor, aabb_min: Tensor, aabb_max: T
     volume = values.permute(3, 0, 1, 2).unsqueeze(0)  # [1, C, X, Y, Z]
     out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.view(values.shape[-1], -1).t()
+
+
+@torch.no_grad()
+def density_on_grid(density_fn, aabb_min: Tensor, aabb_max: Tensor, resolution: int,
+                    chunk: int = 1 << 18) -> Tensor:
+    """Evaluate density_fn([N, 3] world -> [N]) at the cell centres of a res^3 grid -> [X, Y, Z]."""
+    axes = [aabb_min[a] + (torch.arange(resolution, device=aabb_min.device) + 0.5)
+            * (aabb_max[a] - aabb_min[a]) / resolution for a in range(3)]
+    xs = axes[0]
+    yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
+    out = torch.empty(resolution, resolution * resolution, device=aabb_min.device)
+    rows_per_chunk = max(1, chunk // yz.shape[0])
+    for start in range(0, resolution, rows_per_chunk):
+        x = xs[start:start + rows_per_chunk]
+        pts = torch.cat([x.repeat_interleave(yz.shape[0])[:, None], yz.repeat(x.shape[0], 1)], 1)
+        out[start:start + x.shape[0]] = density_fn(pts).view(x.shape[0], -1)
+    return out.view(resolution, resolution, resolution)
+
+
+def tighten_box(density: Tensor, aabb_min: Tensor, aabb_max: Tensor, threshold: float,
+                margin: float = 1.2) -> tuple[Tensor, Tensor]:
+    """The box around the cells with density > threshold, grown `margin` times about its centre
+    (clipped to the old box). An empty grid keeps the old box."""
+    occupied = (density > threshold).nonzero()
+    if occupied.shape[0] == 0:
+        return aabb_min, aabb_max
+    res = torch.tensor(density.shape, device=aabb_min.device)
+    cell = (aabb_max - aabb_min) / res
+    lo = aabb_min + occupied.amin(0) * cell
+    hi = aabb_min + (occupied.amax(0) + 1) * cell
+    centre, half = (lo + hi) / 2, (hi - lo) / 2 * margin
+    return torch.maximum(centre - half, aabb_min), torch.minimum(centre + half, aabb_max)
+
+
+@torch.no_grad()
+def render_grid_normals(density: Tensor, normals: Tensor, aabb_min: Tensor, aabb_max: Tensor,
+                        grid, origins: Tensor, directions: Tensor, step_size: float,
+                        chunk: int = 1 << 14) -> tuple[Tensor, Tensor, Tensor]:
+    """Volume-render the normal grid along rays [R, 3]: (normal [R, 3] unit, alpha [R], depth [R]).
+
+    Weights come from the density grid (the field sampled on it), marched through the occupancy
+    grid; each pixel's normal is the weight-sum of grid normals, renormalised.
+    """
+    from stages.field.rendering import composite, nerfw_weights
+    from stages.field.sampling import march_rays
+
+    outs = [], [], []
+    for start in range(0, origins.shape[0], chunk):
+        o, d = origins[start:start + chunk], directions[start:start + chunk]
+        s = march_rays(o, d, grid, step_size, jitter=False)
+        sigma = sample_grid(density[..., None], s.positions, aabb_min, aabb_max)[:, 0]
+        w, _ = nerfw_weights(sigma, s.deltas, s.ray_idx, s.n_rays)
+        n = composite(w, sample_grid(normals, s.positions, aabb_min, aabb_max), s.ray_idx, s.n_rays)
+        acc = composite(w, torch.ones_like(w), s.ray_idx, s.n_rays)
+        depth = composite(w, s.t, s.ray_idx, s.n_rays) / acc.clamp(min=1e-6)
+        outs[0].append(F.normalize(n, dim=-1, eps=1e-12))
+        outs[1].append(acc)
+        outs[2].append(depth)
+    return tuple(torch.cat(o) for o in outs)
+
+
+def normal_to_rgb(normal: Tensor, alpha: Tensor) -> Tensor:
+    """World normals [H, W, 3] and alpha [H, W] -> uint8 [H, W, 3] ((n+1)/2 on grey background)."""
+    rgb = (normal + 1) / 2 * alpha[..., None] + 0.5 * (1 - alpha[..., None])
+    return (rgb.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def run(ctx):
+    import json
+
+    import numpy as np
+
+    from pipeline.errors import NeroicError
+    from stages.common.images import read_rgb, write_png
+    from stages.common.sheets import contact_sheet
+    from stages.field.trained import load_trained_field
+
+    cfg, device = ctx.config, ctx.device
+    trained = load_trained_field(ctx.input("geometry"), device)
+    field, grid = trained.field, trained.grid
+
+    def density_fn(points: Tensor) -> Tensor:
+        return torch.where(grid.lookup(points), field.density(points)[0], torch.zeros((), device=points.device))
+
+    lo, hi = grid.occupied_aabb()
+    for res in cfg["tighten_resolutions"]:
+        lo, hi = tighten_box(density_on_grid(density_fn, lo, hi, res), lo, hi, cfg["tighten_threshold"])
+    res = cfg["resolution"]
+    density = density_on_grid(density_fn, lo, hi, res)
+    if not bool((density > cfg["tighten_threshold"]).any()):
+        raise NeroicError("the geometry field is empty: no density above the threshold anywhere",
+                          hint="check geometry/heldout/*.png; rerun geometry with more steps")
+    normals = sobel_normals(density, (hi - lo) / res, cfg["remap_a"])
+    np.savez_compressed(ctx.out / "normal_grid.npz", normals=normals.cpu().numpy().astype(np.float16),
+                        density=density.cpu().numpy(), aabb_min=lo.cpu().numpy(), aabb_max=hi.cpu().numpy())
+
+    (ctx.out / "views").mkdir()
+    ingest = ctx.input("ingest")
+    tiles, labels = [], []
+    cams = trained.cameras
+    for view in ctx.progress(range(len(trained.frames)), desc="rendering normals", unit="photo"):
+        w, h = (int(v) for v in cams.size[view].tolist())
+        py, px = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        origins, dirs = cams.rays(torch.full((h * w,), view, device=device), px.reshape(-1), py.reshape(-1))
+        normal, alpha, _ = render_grid_normals(density, normals, lo, hi, grid, origins, dirs, trained.step_size)
+        normal, alpha = normal.view(h, w, 3), alpha.view(h, w)
+        stem = trained.frames[view].stem
+        np.savez_compressed(ctx.out / "views" / f"{stem}.npz", normal=normal.cpu().numpy().astype(np.float16),
+                            alpha=alpha.cpu().numpy().astype(np.float16))
+        if len(tiles) < 2 * cfg["preview_photos"]:
+            tiles += [read_rgb(ingest / "images" / f"{stem}.png"), normal_to_rgb(normal, alpha).cpu().numpy()]
+            labels += [stem, f"{stem} normals"]
+    write_png(ctx.out / "preview.png", contact_sheet(tiles, labels, tile_height=200, columns=4))
+    ctx.log.info("normal grid %d^3 over [%s]..[%s]", res, lo.tolist(), hi.tolist())
+    (ctx.out / "normals.json").write_text(json.dumps(
+        {"resolution": res, "aabb_min": lo.tolist(), "aabb_max": hi.tolist(), "views": len(trained.frames)}))
+    return {"figure": f"{res}^3 normal grid, {len(trained.frames)} views", "resolution": res}

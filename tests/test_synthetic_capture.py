@@ -10,7 +10,8 @@ import trimesh
 from PIL import Image
 
 from stages.common.sh import read_lighting, sh_irradiance
-from tests.synthetic.spot_capture import SPOT_DIR, linear_to_srgb, main, make_spot_capture, srgb_to_linear
+from stages.common.colour import linear_to_srgb, srgb_to_linear
+from tests.synthetic.spot_capture import SPOT_DIR, main, make_spot_capture
 
 pytestmark = pytest.mark.skipif(not (SPOT_DIR / "spot_triangulated.obj").exists(), reason="Spot data not available")
 

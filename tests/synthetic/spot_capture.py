@@ -40,6 +40,7 @@ import open3d as o3d
 import torch
 from PIL import Image
 
+from stages.common.colour import linear_to_srgb, srgb_to_linear
 from stages.common.sh import (
     ambient_sh,
     random_sh_light,
@@ -52,18 +53,6 @@ from stages.common.sh import (
 SPOT_DIR = Path(os.environ.get("NEROIC_SPOT_DIR", "/work/shared/data/spot"))
 
 LIGHTING_MODES = ("ambient", "constant", "random")
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear RGB (IEC 61966-2-1 curve)."""
-    x = np.asarray(x, dtype=np.float32)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """Linear RGB in [0, 1] (clipped) -> sRGB-encoded values in [0, 1]."""
-    x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1.0 / 2.4) - 0.055)
 
 
 @dataclass

@@ -1,0 +1,120 @@
+"""Samples per second of the neural field: forward + backward + Adam step, median of repeats.
+
+    python -m bench.field_throughput [--device cpu|cuda] [--samples 65536] [--repeats 5]
+
+Samples lie along ~1000 random rays through the unit box (64 consecutive samples per ray, as
+the marcher produces them: neighbouring samples share grid cells, which is what makes the
+gathers cache friendly). Rows:
+  encoding   hash grid alone (features summed into a dummy loss), table Adam step
+  field      density + colour + transient heads as in training (all samples get colour), Adam
+  density    density only, no gradient (the culling and occupancy passes)
+for the default grid (12 levels x 2^15 rows x 2 features) and, for comparison, a 2^16 table,
+environment.md's 16 x 2^19 grid and an 8-level x 4-feature grid.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from stages.field.encodings import HashGridEncoding
+from stages.field.nerfw_field import NerfWField
+
+GRIDS = (  # (label, n_levels, n_features, log2_table, max_resolution)
+    ("12x2^15x2 (default)", 12, 2, 15, 512),
+    ("12x2^16x2", 12, 2, 16, 512),
+    ("16x2^19x2", 16, 2, 19, 2048),
+    ("8x2^15x4", 8, 4, 15, 512),
+)
+
+
+def ray_samples(n: int, device: str, per_ray: int = 64, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[n, 3] points in [0, 1]^3: runs of `per_ray` consecutive steps along random rays."""
+    n_rays = -(-n // per_ray)
+    start = torch.rand(n_rays, 1, 3, generator=generator) * 0.5 + 0.25
+    direction = torch.nn.functional.normalize(torch.randn(n_rays, 1, 3, generator=generator), dim=-1)
+    steps = torch.arange(per_ray).view(1, -1, 1) * (0.5 / per_ray)
+    return (start + steps * direction).reshape(-1, 3)[:n].clamp(0, 1).to(device)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    """Median seconds of fn() over `repeats` runs after two warm-up runs."""
+    for _ in range(2):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_grid(label: str, levels: int, features: int, log2_table: int, max_res: int, n: int, repeats: int,
+               device: str) -> list[tuple[str, str, float]]:
+    g = torch.Generator().manual_seed(0)
+    points = ray_samples(n, device, generator=g)
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1).to(device)
+    image = torch.randint(0, 40, (n,), generator=g).to(device)
+
+    enc = HashGridEncoding(levels, features, log2_table, max_resolution=max_res).to(device)
+    enc_opt = torch.optim.Adam(enc.parameters(), 1e-2, betas=(0.9, 0.99), eps=1e-15)
+
+    def encoding_step():
+        loss = enc(points).square().sum()
+        enc_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        enc_opt.step()
+
+    lo, hi = [0.0] * 3, [1.0] * 3
+    field = NerfWField(lo, hi, 40, n_levels=levels, n_features=features, log2_table=log2_table,
+                       max_resolution=max_res).to(device)
+    opt = torch.optim.Adam(field.parameters(), 1e-2, betas=(0.9, 0.99), eps=1e-15)
+
+    def field_step():
+        sigma, geo = field.density(points)
+        rgb = field.colour(geo, dirs, field.appearance(image))
+        sigma_t, rgb_t, beta = field.transient(geo, field.transient_codes(image))
+        loss = (sigma.mean() + rgb.square().mean() + sigma_t.mean() + rgb_t.mean() + beta.mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def density_pass():
+        field.density(points)
+
+    return [(label, name, n / timed(fn, repeats, device))
+            for name, fn in (("encoding", encoding_step), ("field", field_step), ("density", density_pass))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.field_throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--samples", type=int, default=1 << 16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--default-only", action="store_true", help="only the default grid")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"field throughput: {args.samples} samples per step, median of {args.repeats} ({where}, torch {torch.__version__})")
+    print(f"{'grid':<22}{'pass':<10}{'M samples/s':>12}")
+    for grid in GRIDS[:1] if args.default_only else GRIDS:
+        for label, name, rate in bench_grid(*grid, args.samples, args.repeats, args.device):
+            print(f"{label:<22}{name:<10}{rate / 1e6:>12.3f}")
+
+
+if __name__ == "__main__":
+    main()

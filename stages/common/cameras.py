@@ -1,0 +1,281 @@
+"""Camera conventions every stage shares, and reading/writing transforms.json (numpy only).
+
+Frames and axes
+- World: the pipeline's normalised world is right-handed, +Y up (glTF), object at the origin.
+- Camera-to-world `c2w` [4, 4] uses OpenGL camera axes (camera looks along -Z, +Y up, +X right),
+  as transforms.json (nerfstudio, instant-ngp) stores it.
+- COLMAP / OpenCV store world-to-camera (R [3, 3], t [3]) with OpenCV camera axes (looks along
+  +Z, +Y down, +X right): x_cam = R @ x_world + t. The two camera frames differ by flipping Y and Z.
+- Pixels: origin at the top-left corner of the image, so the top-left pixel's centre is (0.5, 0.5)
+  (COLMAP's and nerfstudio's convention); cx, cy, fl_x, fl_y are in pixels of a w x h image.
+- Distortion: OpenCV radial-tangential k1, k2, p1, p2 on normalised camera coordinates.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path, PureWindowsPath
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from pipeline.errors import NeroicError
+
+# Flips the camera's Y and Z axes: OpenCV camera axes <-> OpenGL camera axes (its own inverse).
+FLIP_YZ = np.diag([1.0, -1.0, -1.0])
+
+# COLMAP camera models that transforms.json's k1 k2 p1 p2 can express exactly.
+PERSPECTIVE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+DISTORTION_KEYS = ("k1", "k2", "p1", "p2")
+PATH_KEYS = ("file_path", "mask_path", "depth_file_path")
+
+
+@dataclass
+class Frame:
+    """One photo's camera: OpenGL camera-to-world plus pinhole intrinsics and distortion."""
+
+    stem: str
+    c2w: np.ndarray  # [4, 4] camera-to-world, OpenGL camera axes
+    fl_x: float
+    fl_y: float
+    cx: float
+    cy: float
+    w: int
+    h: int
+    k1: float = 0.0
+    k2: float = 0.0
+    p1: float = 0.0
+    p2: float = 0.0
+    file_path: str = ""
+    mask_path: str | None = None
+
+    @property
+    def K(self) -> np.ndarray:
+        """[3, 3] intrinsic matrix in this frame's pixels."""
+        return np.array([[self.fl_x, 0.0, self.cx], [0.0, self.fl_y, self.cy], [0.0, 0.0, 1.0]])
+
+    @property
+    def centre(self) -> np.ndarray:
+        """[3] camera centre in world coordinates."""
+        return np.asarray(self.c2w, dtype=float)[:3, 3].copy()
+
+    def scaled(self, width: int, height: int) -> "Frame":
+        """The same camera for the image resized to width x height (distortion is unitless)."""
+        sx, sy = width / self.w, height / self.h
+        return replace(self, fl_x=self.fl_x * sx, fl_y=self.fl_y * sy, cx=self.cx * sx, cy=self.cy * sy,
+                       w=int(width), h=int(height))
+
+
+def c2w_from_w2c(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """COLMAP/OpenCV world-to-camera (R [3, 3], t [3]) -> OpenGL camera-to-world [4, 4]."""
+    R = np.asarray(R, dtype=float)
+    c2w = np.eye(4)
+    c2w[:3, :3] = R.T @ FLIP_YZ
+    c2w[:3, 3] = -R.T @ np.asarray(t, dtype=float)
+    return c2w
+
+
+def w2c_from_c2w(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenGL camera-to-world [4, 4] (or [3, 4]) -> COLMAP/OpenCV world-to-camera (R [3, 3], t [3])."""
+    c2w = np.asarray(c2w, dtype=float)
+    R = (c2w[:3, :3] @ FLIP_YZ).T
+    return R, -R @ c2w[:3, 3]
+
+
+def transform_c2w(world_from_old: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Re-express an OpenGL c2w [4, 4] in a new world related by a similarity [4, 4] (new <- old).
+
+    The similarity's scale moves the camera centre but is removed from the camera's rotation.
+    """
+    T = np.asarray(world_from_old, dtype=float)
+    scale = np.cbrt(np.linalg.det(T[:3, :3]))
+    out = np.eye(4)
+    out[:3, :3] = (T[:3, :3] / scale) @ np.asarray(c2w, dtype=float)[:3, :3]
+    out[:3, 3] = T[:3, :3] @ np.asarray(c2w, dtype=float)[:3, 3] + T[:3, 3]
+    return out
+
+
+def distort(xy: np.ndarray, k1: float, k2: float, p1: float, p2: float) -> np.ndarray:
+    """OpenCV radial-tangential distortion of normalised camera coordinates xy [N, 2]."""
+    x, y = xy[:, 0], xy[:, 1]
+    r2 = x * x + y * y
+    radial = 1.0 + k1 * r2 + k2 * r2 * r2
+    return np.stack([x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+                     y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y], axis=1)
+
+
+def project(points_world: np.ndarray, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+    """World points [N, 3] -> pixel coordinates [N, 2] (see the module's pixel convention) and
+    depth [N] along the viewing direction (positive in front of the camera)."""
+    R, t = w2c_from_c2w(frame.c2w)
+    cam = np.asarray(points_world, dtype=float) @ R.T + t  # OpenCV camera axes
+    depth = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xy = cam[:, :2] / depth[:, None]
+    xy = distort(xy, frame.k1, frame.k2, frame.p1, frame.p2)
+    return xy @ frame.K[:2, :2].T + frame.K[:2, 2], depth
+
+
+def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity [4, 4] with dst ~ s R src + t (Umeyama 1991), src/dst [N, 3]."""
+    src, dst = np.asarray(src, dtype=float), np.asarray(dst, dtype=float)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    U, S, Vt = np.linalg.svd(b.T @ a / len(src))
+    D = np.eye(3)
+    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
+        D[2, 2] = -1.0
+    R = U @ D @ Vt
+    scale = np.trace(np.diag(S) @ D) / (a * a).sum(1).mean()
+    T = np.eye(4)
+    T[:3, :3] = scale * R
+    T[:3, 3] = mu_d - scale * R @ mu_s
+    return T
+
+
+# -- transforms.json ------------------------------------------------------------------------
+
+def safe_path(base: Path, relative: str, roots: Iterable[Path], what: str) -> Path:
+    """`base / relative`, refusing absolute paths and anything that resolves outside `roots`.
+
+    A transforms.json is user input: its paths must not reach files elsewhere on the machine.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise NeroicError(f"{what}: a frame's path is missing or not a string")
+    if Path(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
+        raise NeroicError(f"{what}: refusing the absolute path {relative!r}",
+                          hint="paths in transforms.json must be relative to its folder")
+    resolved = (base / relative.replace("\\", "/")).resolve()  # Windows separators count too
+    for root in roots:
+        if resolved.is_relative_to(Path(root).resolve()):
+            return resolved
+    raise NeroicError(f"{what}: refusing {relative!r}, which points outside "
+                      + " and ".join(str(Path(r)) for r in roots),
+                      hint="paths in transforms.json must stay inside its folder or the photo folder")
+
+
+def _number(value, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise NeroicError(f"{what} is not a number: {value!r}") from None
+    if not math.isfinite(v):
+        raise NeroicError(f"{what} is not finite: {value!r}")
+    return v
+
+
+def _frame_intrinsics(frame: dict, top: dict, size: tuple[int, int] | None, what: str) -> dict:
+    """Per-frame intrinsics from frame keys, else global keys, else the photo's size and defaults."""
+    def get(key):
+        return frame.get(key, top.get(key))
+
+    w, h = get("w"), get("h")
+    if w is None or h is None:
+        if size is None:
+            raise NeroicError(f"{what}: no image size (w, h) in transforms.json and no photo to take it from")
+        w, h = size
+    w, h = int(_number(w, f"{what} w")), int(_number(h, f"{what} h"))
+    if w <= 0 or h <= 0:
+        raise NeroicError(f"{what}: image size {w} x {h} is not positive")
+    if get("fl_x") is not None:
+        fl_x = _number(get("fl_x"), f"{what} fl_x")
+    elif get("camera_angle_x") is not None:
+        fl_x = 0.5 * w / math.tan(0.5 * _number(get("camera_angle_x"), f"{what} camera_angle_x"))
+    else:
+        raise NeroicError(f"{what}: no focal length (fl_x or camera_angle_x)")
+    if get("fl_y") is not None:
+        fl_y = _number(get("fl_y"), f"{what} fl_y")
+    elif get("camera_angle_y") is not None:
+        fl_y = 0.5 * h / math.tan(0.5 * _number(get("camera_angle_y"), f"{what} camera_angle_y"))
+    else:
+        fl_y = fl_x
+    if fl_x <= 0 or fl_y <= 0:
+        raise NeroicError(f"{what}: focal length must be positive")
+    for key in ("k3", "k4"):
+        if get(key) is not None and _number(get(key), f"{what} {key}") != 0.0:
+            raise NeroicError(f"{what}: distortion {key} is not supported (only k1 k2 p1 p2)",
+                              hint="undistort the photos first, or import a COLMAP model with an OPENCV camera")
+    return {"w": w, "h": h, "fl_x": fl_x, "fl_y": fl_y,
+            "cx": _number(get("cx"), f"{what} cx") if get("cx") is not None else w / 2.0,
+            "cy": _number(get("cy"), f"{what} cy") if get("cy") is not None else h / 2.0,
+            **{k: _number(get(k), f"{what} {k}") if get(k) is not None else 0.0 for k in DISTORTION_KEYS}}
+
+
+def _matrix(value, what: str) -> np.ndarray:
+    try:
+        m = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise NeroicError(f"{what}: transform_matrix is not a matrix of numbers") from None
+    if m.shape not in ((4, 4), (3, 4)) or not np.isfinite(m).all():
+        raise NeroicError(f"{what}: transform_matrix must be a finite 4x4 (or 3x4) matrix")
+    c2w = np.eye(4)
+    c2w[:3] = m[:3]
+    return c2w
+
+
+def frame_stem(file_path: str) -> str:
+    """The photo a frame refers to: its file name without the extension."""
+    return Path(file_path.replace("\\", "/")).stem
+
+
+def read_transforms(path: Path, roots: Iterable[Path] = (),
+                    sizes: Mapping[str, tuple[int, int]] | None = None) -> list[Frame]:
+    """Frames of a nerfstudio / instant-ngp transforms.json, with per-frame intrinsics resolved.
+
+    Paths in the file must resolve inside its folder or one of `roots` (NeroicError otherwise);
+    they are not opened. `sizes` (stem -> (width, height)) supplies the image size when the file
+    lacks w/h. Intrinsics are those of the file's w x h; use `Frame.scaled` for resized photos.
+    Rotations are kept as given (the user's world must survive exactly) unless they drift from
+    orthonormal by more than 1e-6 (float32 files), then they are snapped to the nearest rotation.
+    """
+    path = Path(path)
+    try:
+        top = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise NeroicError(f"cannot read {path}: {e}") from None
+    except ValueError as e:
+        raise NeroicError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(top, dict) or not isinstance(top.get("frames"), list) or not top["frames"]:
+        raise NeroicError(f"{path} has no frames", hint="expected a nerfstudio / instant-ngp transforms.json")
+    model = top.get("camera_model", "OPENCV")
+    if model not in PERSPECTIVE_MODELS:
+        raise NeroicError(f"{path}: camera model {model!r} is not supported",
+                          hint=f"use one of {', '.join(PERSPECTIVE_MODELS)} (perspective, k1 k2 p1 p2)")
+    roots = [path.parent.resolve(), *roots]
+    frames = []
+    for i, raw in enumerate(top["frames"]):
+        what = f"{path.name} frame {i}"
+        if not isinstance(raw, dict):
+            raise NeroicError(f"{what} is not an object")
+        for key in PATH_KEYS:
+            if key in raw:
+                safe_path(path.parent, raw[key], roots, what)
+        if "file_path" not in raw:
+            raise NeroicError(f"{what} has no file_path")
+        stem = frame_stem(raw["file_path"])
+        c2w = _matrix(raw.get("transform_matrix"), what)
+        U, S, Vt = np.linalg.svd(c2w[:3, :3])
+        if np.abs(S - 1.0).max() > 1e-2 or np.linalg.det(U @ Vt) < 0:
+            raise NeroicError(f"{what}: transform_matrix's 3x3 part is not a rotation (scaled or mirrored)")
+        if np.abs(S - 1.0).max() > 1e-6:  # float32 drift: snap to the nearest rotation
+            c2w[:3, :3] = U @ Vt
+        intr = _frame_intrinsics(raw, top, (sizes or {}).get(stem), what)
+        frames.append(Frame(stem=stem, c2w=c2w, file_path=raw["file_path"], mask_path=raw.get("mask_path"),
+                            **intr))
+    return frames
+
+
+def write_transforms(path: Path, frames: list[Frame], camera_model: str) -> None:
+    """Write frames as transforms.json with per-frame intrinsics and distortion (OpenGL c2w)."""
+    out_frames = []
+    for f in frames:
+        entry = {"file_path": f.file_path}
+        if f.mask_path is not None:
+            entry["mask_path"] = f.mask_path
+        entry.update({"stem": f.stem, "fl_x": f.fl_x, "fl_y": f.fl_y, "cx": f.cx, "cy": f.cy,
+                      "w": int(f.w), "h": int(f.h), "k1": f.k1, "k2": f.k2, "p1": f.p1, "p2": f.p2,
+                      "transform_matrix": np.asarray(f.c2w, dtype=float).tolist()})
+        out_frames.append(entry)
+    data = {"camera_model": camera_model, "frames": out_frames}
+    Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,298 @@
+"""Stage 7, export: the trained fields -> a textured, relightable mesh any viewer opens (GLB).
+
+Inputs   geometry/ (the trained density field, occupancy grid with the masks' visual hull, refined
+         cameras.json whose mask_path entries lead to the masks), material/ (material.pt +
+         material.json: albedo, specular, glossiness, refined normal at any point;
+         lighting.json: the learned per-photo SH lights), poses/normalization.json (the frame).
+Method   1. density of the field on a lattice of `resolution`^3 nodes over the occupied box;
+         2. the threshold (`threshold`, or chosen automatically when 0: the one whose
+            marching-cubes mesh best matches the masks' silhouettes);
+         3. floaters removed (solid regions smaller than `min_component_fraction` of the largest,
+            or centred outside the visual hull), the inside no photo saw into filled
+            (depth maps of the density at `visibility_opacity`), thin tunnels and bridges
+            removed (`morphology_nodes`), marching cubes, small surface pieces dropped,
+            Taubin smoothing (`taubin_iterations`), quadric decimation to `face_budget` faces;
+         4. UV atlas (xatlas) for a `texture_size`^2 texture, `padding_px` texels between charts;
+         5. every texel's surface point -> the material field -> base colour (albedo, sRGB),
+            metallic-roughness (roughness from glossiness, see bake.roughness_from_glossiness;
+            metallic 0), tangent-space normal map of the refined normals; islands dilated;
+         6. GLB written in the pipeline's world frame unchanged (with COLMAP poses that frame is
+            already centred, radius 1, +Y up; with imported poses it is the user's own frame);
+         7. checks: Khronos glTF validator (0 errors required), silhouette IoU against the masks,
+            turntable renders under the mean learned light, a three.js screenshot in Chromium.
+Outputs  export/model.glb        glTF 2.0 binary: POSITION, NORMAL, TANGENT, TEXCOORD_0, one PBR
+                                 metallic-roughness material with three embedded PNG textures
+         export/lighting.json    the learned lights (shared SH format), copied from material/
+         export/model.obj + model.mtl (using textures/base_colour.png) with `write_obj`;
+         export/model.ply (geometry only) with `write_ply`
+         export/textures/        base_colour.png (sRGB), metallic_roughness.png, normal.png
+         export/turntable/NNN.png  `turntable_frames` views (sRGB, RGBA) under the mean light
+         export/screenshot.png   three.js in headless Chromium (when chromium is installed), seen
+                                 from the first photo's side
+         export/export.json      threshold table, IoU per photo, mesh/atlas statistics, validator
+                                 report counts, timings
+Config   [export] resolution 256      lattice nodes per axis for marching cubes
+         threshold 0.0                density iso-level (per world unit); 0 = choose by silhouette IoU
+         face_budget 80000            at most this many triangles after decimation
+         taubin_iterations 5          Taubin smoothing passes (0: none)
+         min_component_fraction 0.05  keep extra solid parts at least this fraction of the largest
+         visibility_opacity 0.3       a photo's ray stops seeing at this accumulated opacity; nodes
+                                      no photo saw before its stop are filled (the hidden inside)
+         visibility_size 96           longer side (pixels) of the depth maps used for that
+         morphology_nodes 1           close then open the solid by this many lattice nodes: removes
+                                      the noise tunnels and bridges that fragment the UV atlas
+         texture_size 1024            texture width = height in pixels (power of two)
+         padding_px 4                 texels between atlas charts
+         normal_map true              bake and embed the tangent-space normal map
+         write_obj false, write_ply false  also write OBJ/MTL (+ PNGs) and PLY
+         turntable_frames 8, turntable_size 256   preview renders (0 frames: none)
+         screenshot true              three.js screenshot when chromium is installed
+         validate true                run the Khronos validator when node tools are installed
+Cache    reruns when poses, geometry, material or the [export] section change.
+Failures NeroicError when the density never reaches the threshold (geometry stage failed to
+         find the object) or the inputs are missing; RuntimeError if the validator finds errors
+         in the GLB (a bug, not the user's doing). Missing node/chromium tools: a warning, the
+         GLB is still written.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.context import StageContext
+from pipeline.errors import NeroicError
+
+
+def _masks_of(geometry_dir: Path, frames) -> list[np.ndarray]:
+    """Each frame's mask [H, W] bool at the frame's size, found through its mask_path."""
+    from stages.common.images import read_mask, resize
+
+    masks = []
+    for frame in frames:
+        if not frame.mask_path:
+            raise NeroicError(f"camera {frame.stem} in {geometry_dir / 'cameras.json'} has no mask_path",
+                              hint="rerun the geometry stage")
+        path = (geometry_dir / frame.mask_path).resolve()
+        meta = path.parent / "masks.json"
+        threshold = json.loads(meta.read_text(encoding="utf-8")).get("threshold", 128) if meta.exists() else 128
+        try:
+            mask = read_mask(path)
+        except OSError as e:
+            raise NeroicError(f"cannot read the mask of {frame.stem}: {e}", hint="rerun the masks stage") from None
+        if mask.shape != (frame.h, frame.w):
+            mask = resize(mask, (frame.w, frame.h))
+        masks.append(mask >= threshold)
+    return masks
+
+
+def _material_function(material_dir: Path, device: str):
+    """The material stage's field as bake.MaterialFn (numpy in, numpy out)."""
+    import torch
+
+    from stages.export.bake import roughness_from_glossiness
+    from stages.material.material_field import load_material
+
+    field = load_material(material_dir, device)
+
+    def material_fn(positions: np.ndarray, normals: np.ndarray) -> dict:
+        with torch.no_grad():
+            p = torch.as_tensor(positions, dtype=torch.float32, device=device)
+            n = torch.as_tensor(normals, dtype=torch.float32, device=device)
+            albedo, _specular, glossiness, refined = field.query(p, n)
+        return {"albedo": albedo.cpu().double().numpy(),
+                "roughness": roughness_from_glossiness(glossiness.cpu().double().numpy()),
+                "normal": refined.cpu().double().numpy()}
+
+    return material_fn
+
+
+def _density_function(trained, device: str):
+    """Field density (per world unit) at points [N, 3] world -> [N]; 0 where the occupancy grid is empty."""
+    import torch
+
+    def density_fn(points: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            p = torch.as_tensor(points, dtype=torch.float32, device=device)
+            out = torch.zeros(p.shape[0], device=device)
+            keep = trained.grid.lookup(p)
+            if keep.any():
+                out[keep] = trained.field.density(p[keep])[0]
+        return out.cpu().numpy()
+
+    return density_fn
+
+
+def _hull_function(grid):
+    """points [N, 3] world -> bool [N]: inside the masks' visual hull (the occupancy grid's hull)."""
+    import torch
+
+    def inside(points: np.ndarray) -> np.ndarray:
+        p = torch.as_tensor(points, dtype=torch.float32, device=grid.device)
+        idx, in_box = grid.cell_index(p)
+        return (in_box & grid.hull[idx.clamp(0, grid.hull.numel() - 1)]).cpu().numpy()
+
+    return inside
+
+
+def _write_obj(out: Path, atlas, normals: np.ndarray) -> None:
+    """model.obj + model.mtl referencing textures/base_colour.png (OBJ's v runs upwards: 1 - v)."""
+    lines = ["mtllib model.mtl", "usemtl neroic_material"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in atlas.vertices]
+    lines += [f"vt {u:.6f} {1.0 - v:.6f}" for u, v in atlas.uvs]
+    lines += [f"vn {x:.5f} {y:.5f} {z:.5f}" for x, y, z in normals]
+    lines += ["f " + " ".join(f"{i}/{i}/{i}" for i in face + 1) for face in atlas.faces]
+    (out / "model.obj").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "model.mtl").write_text("newmtl neroic_material\nKd 1 1 1\nKa 0 0 0\nKs 0 0 0\n"
+                                   "map_Kd textures/base_colour.png\n", encoding="utf-8")
+
+
+def run(ctx: StageContext) -> dict:
+    import torch
+
+    from stages.common.images import write_png
+    from stages.common.sh import read_lighting
+    from stages.common.colour import linear_to_srgb
+    from stages.export.bake import bake_textures, tangent_frames, to_uint8
+    from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
+    from stages.export.mesh import mesh_from_density, sample_density
+    from stages.export.preview import render_mesh_sh, turntable_frames
+    from stages.export.silhouette import choose_threshold, silhouette_iou
+    from stages.export.uv_atlas import unwrap
+    from stages.export.validate import ToolMissing, screenshot_glb, validate_gltf
+    from stages.export.visibility import depth_maps, hidden_from_cameras
+    from stages.field.trained import load_trained_field
+
+    cfg = ctx.config
+    geometry_dir, material_dir, poses_dir = ctx.input("geometry"), ctx.input("material"), ctx.input("poses")
+    out = ctx.out
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    trained = load_trained_field(geometry_dir, ctx.device)
+    lo, hi = (v.cpu().numpy().astype(np.float64) for v in trained.grid.occupied_aabb())
+    if np.any(hi <= lo):
+        raise NeroicError("the geometry stage's occupancy grid is empty: there is no object to export",
+                          hint="check the masks and poses, then rerun the geometry stage")
+    res = int(cfg["resolution"])
+    density = sample_density(_density_function(trained, ctx.device), lo, hi, res,
+                             progress=lambda it, total: ctx.progress(it, total=total, desc="density", unit="slab"))
+    lap("density")
+
+    frames = trained.frames
+    masks = _masks_of(geometry_dir, frames)
+    inside_hull = _hull_function(trained.grid)
+    depths = depth_maps(density, lo, hi, frames, int(cfg["visibility_size"]), float(cfg["visibility_opacity"]))
+    hidden = hidden_from_cameras(density, lo, hi, depths)
+    lap("visibility")
+    threshold_table: list = []
+    threshold = float(cfg["threshold"])
+    if threshold <= 0.0:
+        try:
+            threshold, threshold_table = choose_threshold(density, lo, hi, frames, masks, inside_hull=inside_hull,
+                                                          hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
+        except ValueError as e:
+            raise NeroicError(f"cannot find a surface in the density field: {e}",
+                              hint="the geometry stage did not converge; check its held-out renders") from None
+        ctx.log.info("export: density threshold %.3g chosen by silhouette IoU", threshold)
+    lap("threshold")
+    try:
+        mesh, mesh_stats = mesh_from_density(density, lo, hi, threshold, inside_hull, int(cfg["face_budget"]),
+                                             int(cfg["taubin_iterations"]), float(cfg["min_component_fraction"]),
+                                             hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
+    except ValueError as e:
+        raise NeroicError(f"no surface at density threshold {threshold:g}: {e}",
+                          hint="lower [export] threshold, or set it to 0 to choose it automatically") from None
+    del density, hidden
+    iou = silhouette_iou(mesh, frames, masks)
+    lap("mesh")
+
+    size = int(cfg["texture_size"])
+    atlas = unwrap(mesh, size, int(cfg["padding_px"]))
+    lap("uv_atlas")
+    tangent = tangent_frames(atlas, mesh.vertex_normals()[atlas.source_vertex])
+    textures = bake_textures(atlas, tangent, _material_function(material_dir, ctx.device), size,
+                             progress=lambda it, total: ctx.progress(it, total=total, desc="baking", unit="chunk"))
+    (out / "textures").mkdir()
+    write_png(out / "textures" / "base_colour.png", textures.base_colour)
+    write_png(out / "textures" / "metallic_roughness.png", textures.metallic_roughness)
+    write_png(out / "textures" / "normal.png", textures.normal)
+    lap("bake")
+
+    normalization = json.loads((poses_dir / "normalization.json").read_text(encoding="utf-8"))
+    glb_path = out / "model.glb"
+    glb_size = write_glb(glb_path, TexturedMesh(
+        atlas.vertices, tangent.normals, tangent.tangents, atlas.uvs, atlas.faces,
+        png_bytes(textures.base_colour), png_bytes(textures.metallic_roughness),
+        png_bytes(textures.normal) if cfg["normal_map"] else None),
+        extras={"pose_source": normalization.get("source"), "density_threshold": threshold})
+    if cfg["write_obj"]:
+        _write_obj(out, atlas, tangent.normals)
+    if cfg["write_ply"]:
+        import open3d as o3d
+
+        ply = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(mesh.vertices),
+                                        o3d.utility.Vector3iVector(mesh.faces.astype(np.int32)))
+        ply.compute_vertex_normals()
+        o3d.io.write_triangle_mesh(str(out / "model.ply"), ply)
+    lights = read_lighting(material_dir / "lighting.json")
+    shutil.copyfile(material_dir / "lighting.json", out / "lighting.json")
+    lap("write")
+
+    report = {"errors": None, "warnings": None, "messages": []}
+    if cfg["validate"]:
+        try:
+            v = validate_gltf(glb_path)
+            report = {"errors": v.errors, "warnings": v.warnings, "infos": v.infos, "messages": v.messages[:20]}
+            if v.errors:
+                raise RuntimeError(f"the Khronos glTF validator found {v.errors} error(s) in the GLB: "
+                                   + "; ".join(v.messages[:5]))
+        except ToolMissing as e:
+            ctx.log.warning("export: not validating the GLB: %s", e)
+    lap("validate")
+
+    centre = 0.5 * (mesh.vertices.min(0) + mesh.vertices.max(0))
+    n_turn = int(cfg["turntable_frames"])
+    if n_turn > 0:
+        (out / "turntable").mkdir()
+        mean_light = np.mean([sh for _, sh in lights], axis=0)
+        model = read_glb(glb_path)
+        radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
+        for k, frame in enumerate(turntable_frames(n_turn, int(cfg["turntable_size"]), 40.0, 3.0 * radius,
+                                                   20.0, centre)):
+            rgb, alpha = render_mesh_sh(model, frame, mean_light)
+            write_png(out / "turntable" / f"{k:03d}.png", np.dstack([to_uint8(linear_to_srgb(rgb)), to_uint8(alpha)]))
+    lap("turntable")
+    if cfg["screenshot"]:
+        try:
+            # Seen from where the first photo was taken, so it shows the side the user photographed.
+            view = frames[0].centre - centre
+            screenshot_glb(glb_path, out / "screenshot.png", yaw=float(np.degrees(np.arctan2(view[0], view[2]))),
+                           pitch=float(np.degrees(np.arcsin(view[1] / np.linalg.norm(view)))))
+        except ToolMissing as e:
+            ctx.log.warning("export: no screenshot: %s", e)
+        except (RuntimeError, OSError) as e:
+            ctx.log.warning("export: the three.js screenshot failed: %s", e)
+    lap("screenshot")
+
+    summary = {
+        "threshold": threshold, "threshold_table": threshold_table,
+        "silhouette_iou_mean": float(iou.mean()), "silhouette_iou": {f.stem: round(float(x), 4) for f, x in zip(frames, iou)},
+        "mesh": mesh_stats, "atlas": {"vertices": int(len(atlas.vertices)), "utilization": atlas.utilization,
+                                      "texture_size": size, "texel_coverage": float(textures.coverage.mean())},
+        "glb_bytes": glb_size, "validator": report, "timings_s": timings, "torch_threads": torch.get_num_threads(),
+    }
+    (out / "export.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    validated = "not validated" if report["errors"] is None else f"{report['errors']} errors {report['warnings']} warnings"
+    return {"figure": f"{mesh_stats['faces']} faces, IoU {iou.mean():.3f}, {glb_size / 1e6:.1f} MB GLB, {validated}",
+            "faces": mesh_stats["faces"], "silhouette_iou": float(iou.mean()), "threshold": threshold,
+            "validator_errors": report["errors"], "glb_bytes": glb_size}

@@ -1,0 +1,138 @@
+"""Render the exported model under SH lighting: relit comparisons with photos, turntable frames.
+
+    model = read_glb("model.glb")                    # or any GLBModel
+    rgb, alpha = render_mesh_sh(model, frame, sh)    # frame: stages.common.cameras.Frame, sh [9, 3]
+    frames = turntable_frames(36, size=256)          # cameras circling the origin, +Y up
+
+A ray tracer (open3d's BVH) shades what a glTF viewer would show of the file, diffuse only:
+base colour (decoded from sRGB to linear) times albedo-irradiance albedo / pi * E(n) of the
+shared SH convention (stages.common.sh), with n the normal-mapped normal under the same
+tangent-frame rule the viewer uses (see bake.py). Output is linear RGB, like the synthetic
+captures' renderer, so both can be compared after sRGB encoding. The specular lobe is left out:
+the GLB's metallic-roughness model has no per-texel specular strength to match NeROIC's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.common.cameras import Frame, distort
+from stages.common.sh import sh_irradiance
+from stages.common.colour import srgb_to_linear
+from stages.export.bake import sample_texture
+from stages.export.gltf import GLBModel, read_glb
+
+
+def undistort(xy_distorted: np.ndarray, frame: Frame, iterations: int = 10) -> np.ndarray:
+    """Invert the frame's OpenCV distortion on normalised coordinates [N, 2] by fixed-point iteration."""
+    if not any((frame.k1, frame.k2, frame.p1, frame.p2)):
+        return xy_distorted
+    xy = xy_distorted.copy()
+    for _ in range(iterations):
+        error = distort(xy, frame.k1, frame.k2, frame.p1, frame.p2) - xy_distorted
+        xy -= error
+    return xy
+
+
+def small_frame(frame: Frame, max_size: int) -> Frame:
+    """The frame at an integer factor down so that its longer side is at most max_size pixels."""
+    factor = max(1, int(np.ceil(max(frame.w, frame.h) / max_size)))
+    if factor == 1:
+        return frame
+    return replace(frame.scaled(frame.w / factor, frame.h / factor), w=frame.w // factor, h=frame.h // factor)
+
+
+def pixel_rays(frame: Frame, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """World rays through supersample^2 sub-pixel centres of every pixel, row-major over the
+    (h * ss) x (w * ss) sub-pixel grid: origins [M, 3], unit directions [M, 3]."""
+    ss = supersample
+    cols = (np.arange(frame.w * ss) + 0.5) / ss
+    rows = (np.arange(frame.h * ss) + 0.5) / ss
+    px, py = np.meshgrid(cols, rows)
+    xy = np.stack([(px.ravel() - frame.cx) / frame.fl_x, (py.ravel() - frame.cy) / frame.fl_y], axis=1)
+    xy = undistort(xy, frame)
+    d_cam = np.stack([xy[:, 0], -xy[:, 1], -np.ones(len(xy))], axis=1)  # OpenCV -> OpenGL camera axes
+    c2w = np.asarray(frame.c2w, dtype=np.float64)
+    d = d_cam @ c2w[:3, :3].T
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return np.broadcast_to(c2w[:3, 3], d.shape).copy(), d
+
+
+def shading_normals(model: GLBModel, face: np.ndarray, bary: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """World normals [N, 3] at hits: vertex normals, bent by the normal map as a viewer does."""
+    corners = model.faces[face]
+
+    def interp(values):
+        v = np.einsum("nk,nkc->nc", bary, values[corners])
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-20)
+
+    n = interp(model.normals)
+    if model.normal is None or model.tangents is None:
+        return n
+    t = interp(model.tangents[:, :3])
+    b = interp(np.cross(model.normals, model.tangents[:, :3]) * model.tangents[:, 3:4])
+    n_ts = sample_texture(model.normal[..., :3], uv) / 255.0 * 2.0 - 1.0
+    out = t * n_ts[:, :1] + b * n_ts[:, 1:2] + n * n_ts[:, 2:3]
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-20)
+
+
+def render_mesh_sh(model: GLBModel | str | Path, frame: Frame, sh_light: np.ndarray,
+                   supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The model seen by `frame` under SH light sh_light [9, 3] (linear RGB radiance).
+
+    Returns (rgb [H, W, 3] float32 linear, straight (not premultiplied), 0 where empty;
+    alpha [H, W] float32 coverage), each pixel the mean of supersample^2 rays.
+    """
+    import open3d as o3d
+
+    if not isinstance(model, GLBModel):
+        model = read_glb(model)
+    if model.normals is None or model.uvs is None or model.base_colour is None:
+        raise ValueError("render_mesh_sh needs a model with normals, UVs and a base colour texture")
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(model.positions.astype(np.float32)),
+                        o3d.core.Tensor(model.faces.astype(np.uint32)))
+    origins, dirs = pixel_rays(frame, supersample)
+    hits = scene.cast_rays(o3d.core.Tensor(np.concatenate([origins, dirs], axis=1).astype(np.float32)))
+    hit = np.isfinite(hits["t_hit"].numpy())
+    face = hits["primitive_ids"].numpy()[hit].astype(np.int64)
+    buv = hits["primitive_uvs"].numpy()[hit].astype(np.float64)
+    bary = np.stack([1.0 - buv[:, 0] - buv[:, 1], buv[:, 0], buv[:, 1]], axis=1)
+    uv = np.einsum("nk,nkc->nc", bary, model.uvs[model.faces[face]])
+    albedo = srgb_to_linear(sample_texture(model.base_colour[..., :3], uv) / 255.0)
+    normal = shading_normals(model, face, bary, uv)
+    irradiance = sh_irradiance(torch.from_numpy(np.asarray(sh_light, dtype=np.float64)), torch.from_numpy(normal)).numpy()
+    radiance = np.maximum(albedo / math.pi * irradiance, 0.0)
+
+    ss, w, h = supersample, frame.w, frame.h
+    rows, cols = np.divmod(np.flatnonzero(hit), w * ss)
+    pixel = (rows // ss) * w + cols // ss
+    count = np.bincount(pixel, minlength=w * h).astype(np.float64)
+    rgb = np.stack([np.bincount(pixel, weights=radiance[:, c], minlength=w * h) for c in range(3)], axis=1)
+    rgb /= np.maximum(count, 1.0)[:, None]
+    return rgb.reshape(h, w, 3).astype(np.float32), (count / ss**2).reshape(h, w).astype(np.float32)
+
+
+def turntable_frames(n: int, size: int = 256, fov_deg: float = 40.0, distance: float = 3.0,
+                     elevation_deg: float = 20.0, centre=(0.0, 0.0, 0.0)) -> list[Frame]:
+    """n cameras evenly around the +Y axis through `centre`, looking at it from `distance` (world
+    units) at the given elevation; square size x size images. Frame k sits at azimuth 360 k / n
+    degrees, starting on +Z."""
+    centre = np.asarray(centre, dtype=np.float64)
+    focal = 0.5 * size / math.tan(math.radians(fov_deg) / 2.0)
+    el = math.radians(elevation_deg)
+    frames = []
+    for k in range(n):
+        az = 2.0 * math.pi * k / n
+        back = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+        right = np.cross([0.0, 1.0, 0.0], back)
+        right /= np.linalg.norm(right)
+        c2w = np.eye(4)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, np.cross(back, right), back, centre + distance * back
+        frames.append(Frame(stem=f"turntable_{k:03d}", c2w=c2w, fl_x=focal, fl_y=focal, cx=size / 2.0,
+                            cy=size / 2.0, w=size, h=size))
+    return frames

@@ -1,0 +1,95 @@
+"""How well a mesh's outline agrees with the photos' masks, and the density threshold that agrees best.
+
+    iou = silhouette_iou(mesh, frames, masks)               # per photo, in [0, 1]
+    threshold, table = choose_threshold(density, aabb_min, aabb_max, frames, masks)
+
+Silhouettes are ray cast (open3d) at the masks' resolution scaled down to at most `max_size`
+pixels, one ray per pixel centre; masks are bool [H, W] (True = object) at their photo's size.
+The NeRF density has no natural surface level: marching cubes at a low threshold wraps the
+fog around the object, at a high one it eats into thin parts. The masks are the evidence on
+where the object ends, so the threshold is picked where the mesh's silhouettes match them best.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from stages.common.cameras import Frame
+from stages.export.mesh import Mesh, clean_volume, lattice_points, marching_cubes
+from stages.export.preview import pixel_rays, small_frame
+
+
+def _shrink(frame: Frame, mask: np.ndarray, max_size: int) -> tuple[Frame, np.ndarray]:
+    """The frame shrunk as preview.small_frame does, and the mask box-filtered to match."""
+    small = small_frame(frame, max_size)
+    fy, fx = frame.h // small.h, frame.w // small.w
+    cropped = mask[:small.h * fy, :small.w * fx].reshape(small.h, fy, small.w, fx).mean(axis=(1, 3)) >= 0.5
+    return small, cropped
+
+
+def mesh_silhouette(mesh: Mesh, frame: Frame, scene=None) -> np.ndarray:
+    """bool [h, w]: pixels whose centre ray hits the mesh."""
+    import open3d as o3d
+
+    if scene is None:
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
+                            o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+    origins, dirs = pixel_rays(frame)
+    rays = o3d.core.Tensor(np.concatenate([origins, dirs], axis=1).astype(np.float32))
+    return np.isfinite(scene.cast_rays(rays)["t_hit"].numpy()).reshape(frame.h, frame.w)
+
+
+def silhouette_iou(mesh: Mesh, frames: Sequence[Frame], masks: Sequence[np.ndarray], max_size: int = 256) -> np.ndarray:
+    """Intersection over union of the mesh's silhouette and the mask, per frame -> [P]."""
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)), o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+    out = []
+    for frame, mask in zip(frames, masks):
+        small, small_mask = _shrink(frame, mask, max_size)
+        sil = mesh_silhouette(mesh, small, scene)
+        union = (sil | small_mask).sum()
+        out.append(float((sil & small_mask).sum() / union) if union else 1.0)
+    return np.asarray(out)
+
+
+def choose_threshold(density: np.ndarray, aabb_min, aabb_max, frames: Sequence[Frame], masks: Sequence[np.ndarray],
+                     candidates: Sequence[float] | None = None, coarse_resolution: int = 96,
+                     inside_hull: Callable[[np.ndarray], np.ndarray] | None = None,
+                     max_size: int = 128, opacity: float = 0.5,
+                     hidden: np.ndarray | None = None, morphology_nodes: int = 1) -> tuple[float, list[tuple[float, float]]]:
+    """The candidate threshold whose (cleaned) marching-cubes mesh has the best mean silhouette IoU.
+
+    density [R, R, R] node grid over the box; it is subsampled to about coarse_resolution per
+    axis for speed (and `hidden`, the nodes to fill as in clean_volume, with it; the volume is
+    cleaned as clean_volume does with opacity, hidden and morphology_nodes). Default candidates: 16 values log-spaced over the density's 20th-99.5th
+    percentile range of the non-empty nodes (the object's interior lies above, the fog below).
+    Returns (best threshold, [(threshold, mean IoU)] for every candidate tried).
+    """
+    step = max(1, density.shape[0] // coarse_resolution)
+    coarse = density[::step, ::step, ::step]
+    lo = np.asarray(aabb_min, dtype=np.float64)
+    hi = lo + (np.asarray(coarse.shape) - 1) * step * (np.asarray(aabb_max, dtype=np.float64) - lo) / (np.asarray(density.shape) - 1)
+    if candidates is None:
+        values = coarse[coarse > 0]
+        if values.size == 0:
+            raise ValueError("the density grid is empty")
+        a, b = np.percentile(values, [20.0, 99.5])
+        candidates = np.geomspace(max(a, 1e-6), max(b, 2e-6), 16)
+    nodes = lattice_points(lo, hi, coarse.shape[0])
+    table = []
+    for t in candidates:
+        if not (coarse >= t).any():
+            continue
+        cleaned, _ = clean_volume(coarse, t, nodes, inside_hull, opacity=opacity,
+                                  hidden=None if hidden is None else hidden[::step, ::step, ::step],
+                                  morphology_nodes=morphology_nodes)
+        mesh = marching_cubes(cleaned, t, lo, hi)
+        table.append((float(t), float(silhouette_iou(mesh, frames, masks, max_size).mean())))
+    if not table:
+        raise ValueError("no candidate threshold leaves any solid")
+    best = max(table, key=lambda row: row[1])
+    return best[0], table

@@ -1,0 +1,141 @@
+"""Checks on an exported GLB with real-world tools: the Khronos glTF validator and a browser.
+
+    report = validate_gltf("model.glb")          # ValidationReport: errors, warnings, messages
+    status = screenshot_glb("model.glb", "shot.png", width=800, height=600, yaw=30, pitch=20)
+
+Both run offline from tools/node/ (package.json there: npm `gltf-validator` and `three`;
+`npm ci --prefix tools/node` installs them). The validator runs under node on the file's bytes
+(tools/node/validate.js). The screenshot is three.js's GLTFLoader in Debian's headless Chromium
+with software WebGL (SwiftShader): the page tools/node/viewer.html and the model are served on
+127.0.0.1 from a free port, and the page posts back "ready" once it has drawn, so a load failure
+is an error here rather than a blank picture.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote
+
+NODE_TOOLS = Path(__file__).resolve().parent.parent.parent / "tools" / "node"
+SETUP_HINT = "run `make setup` (it runs `npm ci --prefix tools/node`)"
+
+
+class ToolMissing(RuntimeError):
+    """node, the npm packages or chromium are not installed."""
+
+
+@dataclass
+class ValidationReport:
+    """The validator's counts by severity and its messages ("CODE at POINTER: text")."""
+
+    errors: int
+    warnings: int
+    infos: int
+    hints: int
+    messages: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        raise ToolMissing("node is not installed (needed for the glTF validator); install Node.js 18+")
+    if not (NODE_TOOLS / "node_modules" / "gltf-validator").is_dir():
+        raise ToolMissing(f"the npm package gltf-validator is not installed in {NODE_TOOLS}; {SETUP_HINT}")
+    return node
+
+
+def validate_gltf(path: str | Path, max_issues: int = 100, timeout_s: float = 120.0) -> ValidationReport:
+    """Run the Khronos glTF validator (npm gltf-validator) on a .glb/.gltf file."""
+    proc = subprocess.run([_node(), str(NODE_TOOLS / "validate.js"), str(Path(path).resolve()), str(max_issues)],
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"glTF validator failed on {path}: {proc.stderr.strip()}")
+    raw = json.loads(proc.stdout)
+    issues = raw["issues"]
+    messages = [f"{m['code']} at {m.get('pointer', '?')}: {m['message']}" for m in issues.get("messages", [])]
+    return ValidationReport(issues["numErrors"], issues["numWarnings"], issues["numInfos"], issues["numHints"],
+                            messages, raw)
+
+
+def chromium_path() -> str | None:
+    """The installed Chromium (Debian's `chromium`, or a `chromium-browser` / `google-chrome`)."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class _ViewerHandler(SimpleHTTPRequestHandler):
+    """Serves tools/node/ plus the model at /model.glb, and records the page's POST to /__status."""
+
+    def __init__(self, *args, model: Path, status: list, **kwargs):
+        self._model, self._status = model, status
+        super().__init__(*args, **kwargs)
+
+    def translate_path(self, path: str) -> str:
+        if path.split("?", 1)[0] == "/model.glb":
+            return str(self._model)
+        return super().translate_path(path)
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        length = int(self.headers.get("Content-Length", 0))
+        body = self.rfile.read(length).decode("utf-8", "replace")
+        if self.path == "/__status":
+            self._status.append(body)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def screenshot_glb(glb: str | Path, png: str | Path, width: int = 800, height: int = 600, yaw: float = 30.0,
+                   pitch: float = 20.0, background: str = "e8e8e8", timeout_s: float = 120.0) -> str:
+    """Render the GLB with three.js in headless Chromium and save a PNG screenshot; returns "ready".
+
+    yaw/pitch (degrees) place the camera around the model's bounding box: yaw 0, pitch 0 looks
+    from +Z towards -Z, with +Y up. Raises ToolMissing without chromium or three, RuntimeError when
+    the page reports a load error or never reports (e.g. the virtual-time budget ran out).
+    """
+    browser = chromium_path()
+    if browser is None:
+        raise ToolMissing("chromium is not installed (apt-get install chromium); needed for screenshots")
+    if not (NODE_TOOLS / "node_modules" / "three").is_dir():
+        raise ToolMissing(f"the npm package three is not installed in {NODE_TOOLS}; {SETUP_HINT}")
+    status: list[str] = []
+    handler = partial(_ViewerHandler, model=Path(glb).resolve(), status=status, directory=str(NODE_TOOLS))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    png = Path(png).resolve()
+    try:
+        url = (f"http://127.0.0.1:{server.server_address[1]}/viewer.html?model=/model.glb"
+               f"&w={width}&h={height}&yaw={yaw}&pitch={pitch}&bg={quote(background)}")
+        with tempfile.TemporaryDirectory(prefix="neroic-chromium-") as profile:
+            proc = subprocess.run(
+                [browser, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+                 "--virtual-time-budget=15000", f"--window-size={width},{height}", f"--screenshot={png}",
+                 "--hide-scrollbars", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-extensions",
+                 f"--user-data-dir={profile}", url],
+                capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        server.shutdown()
+        server.server_close()
+    if proc.returncode != 0 or not png.exists():
+        raise RuntimeError(f"chromium failed (status {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    if not status:
+        raise RuntimeError("the viewer page never reported back (three.js not loaded, or the model took "
+                           "longer than the virtual-time budget)")
+    if status[-1] != "ready":
+        raise RuntimeError(f"the viewer page failed to show {glb}: {status[-1]}")
+    return status[-1]

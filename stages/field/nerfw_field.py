@@ -1,0 +1,103 @@
+"""The NeRF-W style field: static density + colour, and a per-photo transient part.
+
+    sigma, geo = field.density(positions)                 # positions [N, 3] world
+    rgb = field.colour(geo, directions, field.appearance(image_idx))
+    sigma_t, rgb_t, beta = field.transient(geo, field.transient_codes(image_idx))
+
+Static density depends on position only; static colour also on view direction (SH-encoded) and
+a per-photo appearance code, so exposure or lighting changes between photos are explained by the
+code instead of by geometry. The transient head (NeRF-W) gives each photo its own extra density,
+colour and uncertainty beta, which soaks up per-photo shadows and highlights; the colour loss is
+divided by beta^2 so those pixels weigh less. Densities are per world unit; colours are sRGB
+values in [0, 1] (the field is trained directly on the photos' encoded values).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from stages.field.embedding import PerImageEmbedding
+from stages.field.encodings import HashGridEncoding, sh_encode
+from stages.field.mlp import MLP
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) whose gradient is clamped at exp(15): density grows fast without exploding."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=15.0))
+
+
+class NerfWField(nn.Module):
+    """Hash-grid NeRF-W field over an axis-aligned box (aabb_min, aabb_max: [3] world)."""
+
+    def __init__(self, aabb_min: Sequence[float], aabb_max: Sequence[float], n_images: int, *,
+                 n_levels: int = 12, n_features: int = 2, log2_table: int = 15,
+                 base_resolution: int = 16, max_resolution: int = 1024, width: int = 64,
+                 colour_layers: int = 2, geo_feat_dim: int = 15, appearance_dim: int = 16,
+                 transient_dim: int = 16, sh_degree: int = 4, beta_min: float = 0.1):
+        super().__init__()
+        self.config = dict(aabb_min=[float(v) for v in aabb_min], aabb_max=[float(v) for v in aabb_max],
+                           n_images=n_images, n_levels=n_levels, n_features=n_features,
+                           log2_table=log2_table, base_resolution=base_resolution,
+                           max_resolution=max_resolution, width=width, colour_layers=colour_layers,
+                           geo_feat_dim=geo_feat_dim, appearance_dim=appearance_dim,
+                           transient_dim=transient_dim, sh_degree=sh_degree, beta_min=beta_min)
+        lo, hi = torch.tensor(self.config["aabb_min"]), torch.tensor(self.config["aabb_max"])
+        self.register_buffer("aabb_min", lo, persistent=False)
+        self.register_buffer("aabb_size", hi - lo, persistent=False)
+        # densities are learned per unit of box size, so initial opacity does not depend on scene scale
+        self.density_scale = 1.0 / float((hi - lo).max())
+        self.sh_degree, self.beta_min = sh_degree, beta_min
+        self.encoding = HashGridEncoding(n_levels, n_features, log2_table, base_resolution, max_resolution)
+        self.density_net = MLP(self.encoding.out_dim, 1 + geo_feat_dim, width, 1)
+        # colour = MLP([geo, SH(direction), appearance]); the first layer is split so the per-ray
+        # part (direction, appearance) is computed once per ray, not once per sample
+        self.colour_net = MLP(geo_feat_dim, 3, width, colour_layers)
+        self.colour_condition = nn.Linear(sh_degree ** 2 + appearance_dim, width, bias=False)
+        self.appearance = PerImageEmbedding(n_images, appearance_dim)
+        self.transient_codes = self.transient_net = self.transient_condition = None
+        if transient_dim > 0:
+            self.transient_codes = PerImageEmbedding(n_images, transient_dim)
+            self.transient_net = MLP(geo_feat_dim, 5, width // 2, 1)
+            self.transient_condition = nn.Linear(transient_dim, width // 2, bias=False)
+
+    @property
+    def has_transient(self) -> bool:
+        return self.transient_net is not None
+
+    def density(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions: [N, 3] world -> (sigma [N] per world unit, geometry features [N, geo_feat_dim])."""
+        unit = (positions - self.aabb_min) / self.aabb_size
+        h = self.density_net(self.encoding(unit))
+        sigma = _TruncExp.apply(h[:, 0]) * self.density_scale
+        return sigma, h[:, 1:]
+
+    def colour(self, geo: Tensor, directions: Tensor, appearance: Tensor, ray_idx: Tensor | None = None) -> Tensor:
+        """geo [N, G], directions [R, 3] unit world, appearance codes [R, A] -> sRGB [N, 3] in [0, 1].
+
+        Sample n belongs to ray ray_idx[n] ([N] int64); without ray_idx, R = N (one ray per sample).
+        """
+        condition = self.colour_condition(torch.cat((sh_encode(directions, self.sh_degree), appearance), dim=-1))
+        if ray_idx is not None:
+            condition = condition[ray_idx]
+        return torch.sigmoid(self.colour_net(geo, first_bias=condition))
+
+    def transient(self, geo: Tensor, codes: Tensor, ray_idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """geo [N, G], transient codes [R, T] (per ray, see `colour`) -> (sigma_t [N] per world unit,
+        sRGB [N, 3], beta [N] >= 0)."""
+        condition = self.transient_condition(codes)
+        if ray_idx is not None:
+            condition = condition[ray_idx]
+        h = self.transient_net(geo, first_bias=condition)
+        sigma_t = nn.functional.softplus(h[:, 0] - 1.0) * self.density_scale
+        return sigma_t, torch.sigmoid(h[:, 1:4]), nn.functional.softplus(h[:, 4])

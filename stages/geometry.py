@@ -1,0 +1,307 @@
+"""Stage 4, geometry: a NeRF-W style neural field of the object from its masked photos.
+
+Inputs   ingest/photos.json + images/ (8-bit sRGB), masks/masks.json + <stem>.png (only status
+         "ok"), poses/transforms.json (OpenGL c2w, per-frame intrinsics and distortion) and
+         poses/normalization.json {"bounds": {"center", "radius"}} (the object lies in that sphere).
+Method   Visual hull carved from the training masks over the bounds' cube -> tight box of the
+         hull -> hull re-carved over that box (occupancy grid); a hash-grid NeRF-W field
+         (static density + colour with per-photo appearance codes, transient head with per-photo
+         codes and uncertainty) trained on the photos' object pixels plus a background band, with
+         NeRF-W colour loss, silhouette BCE and (optionally) per-photo camera refinement; the grid
+         drops cells the field finds empty. See stages/field/.
+Held out every `holdout_every`-th usable photo (or `holdout_stems`) is never trained on; PSNR on
+         it is measured inside the photo's mask (rendered with the neutral appearance, on black,
+         against the photo on black) and, secondarily, over the whole image on black.
+Outputs  geometry/field.pt          state dict (plain tensors; torch.load(weights_only=True))
+         geometry/field.json        hyper-parameters to rebuild the field, march step, training stems
+         geometry/cameras.json      refined cameras of all usable photos (transforms.json format)
+         geometry/occupancy.npz     {aabb_min [3], aabb_max [3], hull, occupied [G,G,G] bool, density
+                                     [G,G,G] float32 running max} (axis 0 = x; np.load allow_pickle=False)
+         geometry/density_grid.npz  {density [D,D,D] float32 per world unit at cell centres, 0 outside
+                                     the hull; aabb_min [3], aabb_max [3]} over the field's box
+         geometry/curves.png        loss and PSNR against step and against time
+         geometry/heldout/<stem>.png  photo | render | opacity, side by side
+         geometry/metrics.json      PSNRs per held-out photo, timings, sample counts, curves
+         Load with `stages.field.load_trained_field(geometry_dir, device)`.
+Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_seconds 0,
+         target_samples 131072, hash_log2_table 16, steps_across 384, refine_cameras true,
+         density_grid_resolution 256):
+         steps 800                   training steps
+         max_seconds 240             training time budget in seconds (0: none); when it runs out before
+                                     `steps`, training ends there with its schedules completed
+         target_samples 65536        field samples per step (the ray count adapts to it)
+         lr 0.01, lr_final_factor 0.1  Adam learning rate, decayed exponentially to lr * factor
+         hash_levels 12, hash_features 2, hash_log2_table 15, hash_base_resolution 16,
+         hash_max_resolution 0       hash grid (resolutions over the field's box); 0 = automatic:
+                                     hash_pixels_factor x the photos' pixels across the box (finer
+                                     levels only memorise noise of the training views)
+         hash_pixels_factor 1.5
+         mlp_width 64, colour_layers 2, geo_feat_dim 15, sh_degree 4 (bands of view-direction SH)
+         appearance_dim 16, transient_dim 16 (0: no transient head), beta_min 0.1
+         steps_across 256            march step = longest side of the box / this (final)
+         coarse_step_factor 4.0, coarse_fraction 0.3  the step starts this much larger and
+                                     shrinks to the final one over this fraction of the steps
+         occupancy_resolution 128, hull_margin_px 2.0, hull_max_miss_fraction 0.05
+         occupancy_update_every 16, occupancy_warmup 64
+         silhouette_weight 0.1, transient_weight 0.01, appearance_weight 0.01 (L2 on appearance codes)
+         background_fraction 0.2, background_band_px 8 (background rays come from this band)
+         refine_cameras false, camera_lr 0.001, camera_weight 1.0
+         max_image_size 0            train on photos resized to this longest side (0: as ingested)
+         holdout_every 8, holdout_stems []   held-out photos (every n-th usable; 0: none)
+         eval_every 0                also measure held-out PSNR (first 2 photos) every n steps
+         checkpoint_every 250, density_grid_resolution 128, seed 0
+Checkpoints  geometry training state every `checkpoint_every` steps and on Ctrl-C in
+         ctx.checkpoints/train.pt; a rerun with the same settings resumes from it. A checkpoint
+         that cannot be read is set aside as train.corrupt (warning) and training starts over.
+Failures NeroicError when the poses stage gave fewer than 3 usable photos with masks, when the
+         visual hull is empty (masks and cameras disagree: wrong poses or masks), or when the
+         bounds are missing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.context import StageContext
+from pipeline.errors import NeroicError
+from stages.common.cameras import Frame, read_transforms
+from stages.common.images import read_mask, read_rgb, resize, write_png
+from stages.field.nerfw_field import NerfWField
+from stages.field.occupancy import OccupancyGrid, carve_visual_hull
+from stages.field.rays import CameraRefinement, Cameras
+from stages.field.trained import save_trained_field
+from stages.field.training import TrainConfig, TrainingPixels, image_psnr, render_view, train_field
+
+MIN_TRAIN_PHOTOS = 3
+
+
+def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.ndarray], list[np.ndarray]]:
+    """Usable frames (in transforms.json order) with their photos [H, W, 3] uint8 and masks [H, W] bool."""
+    ingest, masks_dir, poses = ctx.input("ingest"), ctx.input("masks"), ctx.input("poses")
+    transforms = poses / "transforms.json"
+    if not transforms.exists():
+        raise NeroicError(f"{transforms} is missing", hint="run the poses stage first")
+    photos = {p["stem"]: p for p in json.loads((ingest / "photos.json").read_text(encoding="utf-8"))["photos"]}
+    mask_meta = json.loads((masks_dir / "masks.json").read_text(encoding="utf-8"))
+    ok_masks = {m["stem"]: m for m in mask_meta["masks"] if m.get("status") == "ok"}
+    threshold = int(mask_meta.get("threshold", 128))
+    frames, images, masks = [], [], []
+    for frame in read_transforms(transforms, roots=[ingest, masks_dir]):
+        if frame.stem not in photos or frame.stem not in ok_masks:
+            continue
+        rgb = read_rgb(ingest / photos[frame.stem]["image"])
+        mask = read_mask(masks_dir / ok_masks[frame.stem]["mask"])
+        h, w = rgb.shape[:2]
+        if max_size and max(h, w) > max_size:
+            scale = max_size / max(h, w)
+            w, h = max(1, round(w * scale)), max(1, round(h * scale))
+            rgb = resize(rgb, (w, h))
+            mask = resize(mask, (w, h))
+        if mask.shape != (h, w):
+            mask = resize(mask, (w, h))
+        frames.append(frame.scaled(w, h) if (frame.w, frame.h) != (w, h) else frame)
+        images.append(rgb)
+        masks.append(mask >= threshold)
+    return frames, images, masks
+
+
+def _split(frames: list[Frame], every: int, stems: list[str]) -> tuple[list[int], list[int]]:
+    if stems:
+        held = [i for i, f in enumerate(frames) if f.stem in set(stems)]
+    else:
+        held = list(range(0, len(frames), every)) if every and every > 0 else []
+    train = [i for i in range(len(frames)) if i not in set(held)]
+    return train, held
+
+
+def _bounds(poses: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        bounds = json.loads((poses / "normalization.json").read_text(encoding="utf-8"))["bounds"]
+        centre, radius = torch.tensor(bounds["center"], dtype=torch.float32), float(bounds["radius"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NeroicError(f"cannot read the object bounds from {poses / 'normalization.json'}: {exc}",
+                          hint="rerun the poses stage") from None
+    return centre - radius, centre + radius
+
+
+def _hull_box(hull: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, pad_cells: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box around the hull's cells, padded, clipped to (lo, hi)."""
+    g = hull.shape[0]
+    cells = hull.nonzero()
+    cell = (hi - lo) / g
+    return (lo + (cells.min(0).values - pad_cells).clamp(min=0) * cell,
+            lo + (cells.max(0).values + 1 + pad_cells).clamp(max=g) * cell)
+
+
+def _auto_resolution(cams: Cameras, lo: torch.Tensor, hi: torch.Tensor, factor: float, base: int) -> int:
+    """factor x how many pixels of a typical training photo span the box's longest side."""
+    distance = (cams.c2w[:, :3, 3] - (lo + hi) / 2).norm(dim=-1)
+    footprint = float((distance / cams.intrinsics[:, :2].mean(-1)).median())  # world units per pixel
+    return max(2 * base, int(round(factor * float((hi - lo).max()) / footprint)))
+
+
+def run(ctx: StageContext) -> dict:
+    cfg = ctx.config
+    device = torch.device(ctx.device)
+    started = time.perf_counter()
+    frames, images, masks = _load_views(ctx, int(cfg["max_image_size"]))
+    train_idx, held_idx = _split(frames, int(cfg["holdout_every"]), list(cfg["holdout_stems"]))
+    if len(train_idx) < MIN_TRAIN_PHOTOS:
+        raise NeroicError(f"only {len(train_idx)} photos have both a camera and a usable mask for training "
+                          f"(at least {MIN_TRAIN_PHOTOS} needed)",
+                          hint="check the poses stage's registered photos and the masks' contact sheet")
+    cameras = Cameras.from_frames(frames).to(device)
+    train_cams = cameras.subset(train_idx)
+    train_masks = [masks[i] for i in train_idx]
+
+    # occupancy: hull over the bounds' cube, then re-carved over the hull's own (tighter) box
+    lo, hi = (t.to(device) for t in _bounds(ctx.input("poses")))
+    margin, miss = float(cfg["hull_margin_px"]), float(cfg["hull_max_miss_fraction"])
+    res = int(cfg["occupancy_resolution"])
+    coarse = carve_visual_hull(train_cams, train_masks, lo, hi, max(16, res // 2), margin, miss)
+    if not bool(coarse.any()):
+        raise NeroicError("the visual hull is empty: no point of the bounds projects inside the masks of "
+                          "the training photos", hint="the cameras and masks disagree; check the poses "
+                          "stage's output and the masks' contact sheet")
+    lo, hi = _hull_box(coarse, lo, hi)
+    hull = carve_visual_hull(train_cams, train_masks, lo, hi, res, margin, miss)
+    grid = OccupancyGrid(lo, hi, hull)
+    hull_seconds = time.perf_counter() - started
+    ctx.log.info("geometry: visual hull %.1f%% of its box (%.1fs)", 100 * float(hull.float().mean()), hull_seconds)
+
+    max_res = int(cfg["hash_max_resolution"]) or _auto_resolution(train_cams, lo, hi, float(cfg["hash_pixels_factor"]),
+                                                                   int(cfg["hash_base_resolution"]))
+    field = NerfWField(lo.tolist(), hi.tolist(), len(train_idx), n_levels=int(cfg["hash_levels"]),
+                       n_features=int(cfg["hash_features"]), log2_table=int(cfg["hash_log2_table"]),
+                       base_resolution=int(cfg["hash_base_resolution"]),
+                       max_resolution=max_res, width=int(cfg["mlp_width"]),
+                       colour_layers=int(cfg["colour_layers"]), geo_feat_dim=int(cfg["geo_feat_dim"]),
+                       appearance_dim=int(cfg["appearance_dim"]), transient_dim=int(cfg["transient_dim"]),
+                       sh_degree=int(cfg["sh_degree"]), beta_min=float(cfg["beta_min"])).to(device)
+    step_size = float((hi - lo).max()) / int(cfg["steps_across"])
+    refinement = CameraRefinement(len(train_idx), float((hi - lo).norm()) / 2).to(device) if cfg["refine_cameras"] else None
+    train_cfg = TrainConfig(
+        steps=int(cfg["steps"]), target_samples=int(cfg["target_samples"]), lr=float(cfg["lr"]),
+        lr_final_factor=float(cfg["lr_final_factor"]), refine_cameras=bool(cfg["refine_cameras"]),
+        camera_lr=float(cfg["camera_lr"]), camera_weight=float(cfg["camera_weight"]),
+        silhouette_weight=float(cfg["silhouette_weight"]), transient_weight=float(cfg["transient_weight"]),
+        appearance_weight=float(cfg["appearance_weight"]),
+        background_fraction=float(cfg["background_fraction"]), step_size=step_size,
+        coarse_step_factor=float(cfg["coarse_step_factor"]), coarse_fraction=float(cfg["coarse_fraction"]),
+        occupancy_update_every=int(cfg["occupancy_update_every"]), occupancy_warmup=int(cfg["occupancy_warmup"]),
+        checkpoint_every=int(cfg["checkpoint_every"]), max_seconds=float(cfg["max_seconds"]), seed=int(cfg["seed"]))
+    pixels = TrainingPixels.from_photos([images[i] for i in train_idx], train_masks,
+                                        int(cfg["background_band_px"])).to(device)
+
+    def evaluate(views: list[int]) -> list[dict]:
+        field.eval()
+        results = []
+        for v in views:
+            out = render_view(field, grid, cameras, v, field.appearance.neutral().detach(), step_size)
+            photo = torch.from_numpy(images[v].copy()).to(device).float() / 255.0
+            inside, whole = image_psnr(out["rgb"], photo, torch.from_numpy(masks[v]).to(device))
+            results.append({"stem": frames[v].stem, "psnr_masked": inside, "psnr_image": whole, "render": out})
+        field.train()
+        return results
+
+    def evaluate_during(step: int) -> dict:
+        res_ = evaluate(held_idx[:2])
+        value = float(np.mean([r["psnr_masked"] for r in res_])) if res_ else float("nan")
+        ctx.log.info("geometry: step %d held-out PSNR %.2f dB (inside masks)", step, value)
+        return {"heldout_psnr": value}
+
+    ckpt_dir = Path(ctx.checkpoints)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    result = train_field(field, grid, train_cams, pixels, train_cfg, checkpoint_path=ckpt_dir / "train.pt",
+                         refinement=refinement, progress=lambda total: ctx.progress(total=total, desc="training", unit="step"),
+                         evaluate=evaluate_during if held_idx and int(cfg["eval_every"]) > 0 else None,
+                         eval_every=int(cfg["eval_every"]),
+                         key_extra={"train_stems": [frames[i].stem for i in train_idx],
+                                    "hull": int(hull.sum()), "image_size": int(cfg["max_image_size"])})
+
+    # outputs
+    out = Path(ctx.out)
+    if refinement is not None:
+        refined = refinement.apply_to(train_cams)
+        for j, i in enumerate(train_idx):
+            cameras.c2w[i], cameras.intrinsics[i] = refined.c2w[j], refined.intrinsics[j]
+    save_trained_field(out, field, grid, cameras, frames, [frames[i].stem for i in train_idx], step_size)
+    _write_density_grid(out / "density_grid.npz", field, grid, int(cfg["density_grid_resolution"]))
+    held = evaluate(held_idx)
+    (out / "heldout").mkdir()
+    for v, r in zip(held_idx, held):
+        _write_heldout_png(out / "heldout" / f"{r['stem']}.png", images[v], r["render"])
+    per_photo = [{k: r[k] for k in ("stem", "psnr_masked", "psnr_image")} for r in held]
+    mean_masked = float(np.mean([r["psnr_masked"] for r in held])) if held else float("nan")
+    mean_image = float(np.mean([r["psnr_image"] for r in held])) if held else float("nan")
+    if held and (not result.curves["eval_step"] or result.curves["eval_step"][-1] != result.steps_done):
+        result.curves["eval_step"].append(result.steps_done)
+        result.curves["eval_seconds"].append(result.seconds)
+        result.curves["heldout_psnr"].append(mean_masked)
+    _plot_curves(out / "curves.png", result.curves)
+    total = time.perf_counter() - started
+    metrics = {
+        "heldout_psnr_masked": mean_masked, "heldout_psnr_image": mean_image, "heldout": per_photo,
+        "train_photos": len(train_idx), "heldout_photos": len(held_idx), "steps": result.steps_done,
+        "resumed_from_step": result.resumed_from, "stopped_early": result.stopped_early,
+        "train_seconds": result.seconds, "hull_seconds": hull_seconds, "total_seconds": total,
+        "hull_fraction": float(hull.float().mean()), "hash_max_resolution": max_res, "occupied_fraction_of_hull": result.curves["occupied"][-1]
+        if result.curves["occupied"] else 1.0,
+        "final_train_psnr": result.curves["psnr"][-1] if result.curves["psnr"] else float("nan"),
+        "psnr_definition": "held-out photos rendered with the neutral appearance on black; 'masked' = inside "
+                           "the photo's mask vs the photo, 'image' = whole image vs the photo on black",
+        "curves": result.curves,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    minutes, seconds = divmod(int(round(total)), 60)
+    figure = (f"held-out PSNR {mean_masked:.1f} dB, {result.steps_done} steps, {minutes}m{seconds:02d}s"
+              if held else f"{result.steps_done} steps, {minutes}m{seconds:02d}s (no held-out photos)")
+    return {"figure": figure, **{k: v for k, v in metrics.items() if k not in ("curves", "heldout")}}
+
+
+@torch.no_grad()
+def _write_density_grid(path: Path, field: NerfWField, grid: OccupancyGrid, res: int) -> None:
+    """Density at the centres of a res^3 grid over the field's box; 0 outside the visual hull."""
+    lo, size = field.aabb_min, field.aabb_size
+    axes = [lo[a] + (torch.arange(res, device=lo.device) + 0.5) * size[a] / res for a in range(3)]
+    density = torch.empty(res ** 3, device=lo.device)
+    for x in range(res):  # one slab at a time keeps memory flat
+        pts = torch.stack(torch.meshgrid(axes[0][x:x + 1], axes[1], axes[2], indexing="ij"), -1).reshape(-1, 3)
+        flat, inside = grid.cell_index(pts)
+        sigma = field.density(pts)[0]
+        density[x * res * res:(x + 1) * res * res] = torch.where(grid.hull[flat] & inside, sigma, torch.zeros_like(sigma))
+    np.savez(path, density=density.view(res, res, res).cpu().numpy().astype(np.float32),
+             aabb_min=lo.cpu().numpy(), aabb_max=(lo + size).cpu().numpy())
+
+
+def _write_heldout_png(path: Path, photo: np.ndarray, render: dict) -> None:
+    """photo | render (on black) | opacity, one row."""
+    rgb = (render["rgb"].cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    acc = (render["acc"].clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    write_png(path, np.concatenate([photo, rgb, np.repeat(acc[..., None], 3, axis=2)], axis=1))
+
+
+def _plot_curves(path: Path, curves: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(curves["step"], curves["loss"])
+    axes[0].set(xlabel="step", ylabel="loss", title="training loss")
+    axes[1].plot(curves["step"], curves["psnr"], label="training batch (object pixels)")
+    axes[1].plot(curves["eval_step"], curves["heldout_psnr"], "o-", label="held-out, first 2 photos (inside masks)")
+    axes[1].set(xlabel="step", ylabel="PSNR (dB)", title="PSNR vs step")
+    axes[2].plot(curves["seconds"], curves["psnr"], label="training batch")
+    axes[2].plot(curves["eval_seconds"], curves["heldout_psnr"], "o-", label="held-out")
+    axes[2].set(xlabel="training time (s)", ylabel="PSNR (dB)", title="PSNR vs time")
+    for ax in axes[1:]:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,42 @@
+"""Losses of the material stage (NeROIC's rendering network, with a specular regulariser that acts).
+
+All take plain tensors and return a scalar; weights are applied by the training loop.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def colour_loss(rendered_srgb: Tensor, photo_srgb: Tensor) -> Tensor:
+    """Mean squared error of sRGB-encoded colours [N, 3] (the photos are compared as they were stored)."""
+    return (rendered_srgb - photo_srgb).square().mean()
+
+
+def normal_loss(refined: Tensor, target: Tensor) -> Tensor:
+    """Mean |n - n*|^2 of unit normals [N, 3] (= 2 (1 - cos)): keeps the refined normal near the
+    normals stage's target, which is the only thing tying it to the frozen geometry."""
+    return (refined - target).square().sum(-1).mean()
+
+
+def normal_smoothness(normals: Tensor, jittered_normals: Tensor) -> Tensor:
+    """Mean |n(x) - n(x + eps)|^2 of refined normals [N, 3] at points and at slightly moved points:
+    the offset the material adds to the normal must vary smoothly over the surface."""
+    return (normals - jittered_normals).square().sum(-1).mean()
+
+
+def specular_regulariser(specular_rgb: Tensor) -> Tensor:
+    """Mean specular radiance [N, 3] (linear RGB, >= 0 where lit): makes the specular lobe pay for
+    what it explains, so view-independent colour goes to the albedo.
+
+    NeROIC's release applies its regulariser to a detached tensor, so it has no effect; this one
+    is taken on the rendered specular term itself and reaches the specular strength, the
+    glossiness and the lights through it.
+    """
+    return specular_rgb.abs().mean()
+
+
+def light_positivity(negative_radiance: Tensor) -> Tensor:
+    """Mean of relu(-L) over sampled directions, channels and photos ([P, D, 3]): a light may not
+    send negative radiance from any direction (order-2 SH can, and the fit would exploit it)."""
+    return negative_radiance.mean()

@@ -1,0 +1,157 @@
+"""Stage 3, poses: a camera for every photo, and where the object is.
+
+Inputs   ingest/photos.json and images/ (working-size RGB PNGs), masks/masks.json and the mask
+         PNGs (only photos whose mask status is "ok" are posed); optionally `--poses`
+         (`sources.poses`): a transforms.json or a COLMAP sparse model folder.
+Method   Without --poses, structure from motion with pycolmap: SIFT restricted to each mask grown
+         by `mask_dilation` px, one camera per photo (or one shared), the EXIF focal length as a
+         prior, exhaustive matching up to `exhaustive_max` photos and sequential matching beyond,
+         incremental (or global) mapping, the model with the most photos kept, then one robust
+         (Cauchy) bundle adjustment. Normalisation: sparse points that fall inside the masks and
+         are seen 3+ times, minus the paper's farthest max(5, N/500), are enclosed by a sphere ->
+         origin, radius 1 (the object can poke out a little: the paper pads its box 1.3x); the
+         cameras give the up axis -> +Y; the first registered photo looks from +Z.
+         With --poses, the given world frame is kept exactly (world_from_sfm = identity) and
+         frames are matched to photos by file stem; the bounds come from the model's sparse points,
+         or (transforms.json) from a coarse visual hull of the masks around the point the cameras
+         look at.
+Outputs  poses/transforms.json     OpenGL camera-to-world per frame in the world frame, per-frame
+                                   fl_x fl_y cx cy w h k1 k2 p1 p2 at the working size,
+                                   camera_model, file_path "../ingest/images/<stem>.png",
+                                   mask_path "../masks/<stem>.png", stem
+         poses/points.ply          the object's sparse points (world frame) with colours; no
+                                   points when the poses came from a transforms.json
+         poses/sparse/             the COLMAP model (binary, all points) in the SfM (or given)
+                                   frame; absent for a transforms.json import
+         poses/normalization.json  {"world_from_sfm": 4x4 similarity (world <- SfM), "source":
+                                   "colmap" | "transforms.json" | "colmap-model", "bounds":
+                                   {"center", "radius", "from"} (world), "registered",
+                                   "unregistered", "excluded" (stems), "frames_without_photo",
+                                   "mean_reprojection_error", point counts, "up_from", ...}
+Config   [poses] camera_model, shared_camera, exhaustive_max, sequential_overlap, mapper,
+         init_min_tri_angle, register_min_inliers, max_features, mask_dilation, min_registered
+         (defaults and docs: workdir_template/config.toml).
+Cache    reruns when ingest or masks outputs, the [poses] section or the --poses file change.
+         COLMAP's database lives in the stage's checkpoint folder: after an interruption, a rerun
+         skips feature extraction and matching. Fixed seeds: the same inputs give the same cameras.
+Failures fewer than `min_registered` photos registered (or matched to given poses), unreadable or
+         unsafe --poses files (paths outside their folder), cameras that disagree with the masks:
+         NeroicError with what to try. Ctrl-C stops COLMAP at once.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.context import StageContext
+from pipeline.errors import NeroicError
+from stages.common.cameras import Frame
+from stages.poses.colmap_model import Solution
+from stages.poses.importers import import_poses
+from stages.poses.normalize import (
+    bounds_from_masks,
+    object_points,
+    silhouette_with_slack,
+    sphere_of_points,
+    world_from_sfm,
+)
+from stages.poses.outputs import write_outputs
+from stages.poses.photos import PhotoInput, load_photos, read_mask
+from stages.poses.sfm import run_sfm
+
+MIN_POINTS_FOR_BOUNDS = 20  # fewer sparse points than this: bounds from the masks instead
+
+TRY_HINT = ("take more photos with overlap (neighbouring photos should share most of the object); check "
+            "the masks (masks/contact_sheet.png) or widen them (--set poses.mask_dilation=16); or try "
+            "--set poses.shared_camera=true (one camera took them all), --set poses.register_min_inliers=10, "
+            "--set poses.mapper=global")
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return Path(os.path.relpath(path, folder)).as_posix()
+
+
+def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: int) -> tuple[Solution, str, list[str]]:
+    """Cameras (and points) from --poses or from SfM, their source, and given frames without a photo."""
+    min_registered = int(cfg["min_registered"])
+    if ctx.sources.poses is not None:
+        solution, source, orphans = import_poses(ctx.sources.poses, photos, ctx.sources.photos, ctx.log)
+        if len(solution.frames) < min_registered:
+            raise NeroicError(f"only {len(solution.frames)} camera(s) in {ctx.sources.poses} match a photo "
+                              f"with a usable mask (at least {min_registered} needed)",
+                              hint="frames are matched to photos by file name without extension")
+        return solution, source, orphans
+    usable = [p for p in photos if p.usable]
+    if len(usable) < min_registered:
+        raise NeroicError(f"only {len(usable)} photo(s) have a usable mask (at least {min_registered} needed)",
+                          hint="check masks/contact_sheet.png, or give masks with --masks DIR")
+    solution = run_sfm(ctx.input("ingest"), usable, threshold, cfg, ctx.checkpoints / "colmap", ctx.log, ctx.progress)
+    registered = len(solution.frames) if solution else 0
+    if registered < min_registered:
+        raise NeroicError(f"structure from motion registered only {registered} of {len(usable)} photos "
+                          f"(at least {min_registered} needed)", hint=TRY_HINT)
+    return solution, "colmap", []
+
+
+def _place(ctx: StageContext, solution: Solution, source: str, frames: list[Frame],
+           silhouettes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """world_from_sfm [4, 4], the object's sparse points (mask [N]) and the normalisation record."""
+    keep = np.ones(len(solution.points), dtype=bool)
+    if len(solution.points):
+        keep = object_points(solution.points, solution.track_lengths, frames, silhouettes)
+        if keep.sum() < MIN_POINTS_FOR_BOUNDS:
+            ctx.log.warning("only %d of %d sparse points agree with the masks: keeping them all",
+                            keep.sum(), len(keep))
+            keep[:] = True
+    points = solution.points[keep]
+    record: dict = {"points_total": int(len(keep)), "points_on_object": int(keep.sum())}
+    if source == "colmap":
+        T, normalised = world_from_sfm(frames, points)
+        record.update(normalised)
+        center, radius, bounds_from = np.zeros(3), 1.0, "sparse points"
+    else:  # the given world stays as it is
+        T = np.eye(4)
+        if len(points) >= MIN_POINTS_FOR_BOUNDS:
+            (center, radius), bounds_from = sphere_of_points(points), "sparse points"
+        else:
+            (center, radius), bounds_from = bounds_from_masks(frames, silhouettes), "visual hull of the masks"
+    record["bounds"] = {"center": [float(v) for v in center], "radius": float(radius), "from": bounds_from}
+    return T, keep, record
+
+
+def run(ctx: StageContext) -> dict:
+    start = time.perf_counter()
+    cfg = ctx.config
+    photos, threshold = load_photos(ctx.input("ingest"), ctx.input("masks"))
+    solution, source, orphans = _solve(ctx, cfg, photos, threshold)
+
+    posed = [p for p in photos if p.usable and p.stem in solution.frames]
+    poses_dir = ctx.workdir / ctx.name  # where the output is published: paths are relative to it
+    frames = [replace(solution.frames[p.stem], file_path=_relative(p.image, poses_dir),
+                      mask_path=_relative(p.mask, poses_dir)) for p in posed]
+    silhouettes = [silhouette_with_slack(read_mask(p, threshold))
+                   for p in ctx.progress(posed, desc="reading masks", unit="mask")]
+    T, keep, record = _place(ctx, solution, source, frames, silhouettes)
+
+    registered = [p.stem for p in posed]
+    unregistered = [p.stem for p in photos if p.stem not in solution.frames]
+    excluded = [p.stem for p in photos if not p.usable]
+    missing = [s for s in unregistered if s not in excluded]
+    if missing:
+        ctx.log.warning("%d photo(s) got no camera: %s", len(missing), ", ".join(missing))
+    error = solution.mean_reproj_error
+    write_outputs(ctx.out, frames, solution.camera_model, solution.points[keep], solution.colors[keep], T, {
+        "source": source, **record, "registered": registered, "unregistered": unregistered,
+        "excluded": excluded, "frames_without_photo": orphans, "mean_reprojection_error": error,
+    }, solution.reconstruction)
+
+    seconds = time.perf_counter() - start
+    figure = f"{len(registered)}/{len(photos)} " + ("registered" if source == "colmap" else f"posed from {source}")
+    figure += (f", reproj {error:.2f} px" if error is not None else "") + f", {seconds:.1f} s"
+    return {"figure": figure, "registered": len(registered), "total": len(photos), "excluded": len(excluded),
+            "mean_reproj_error": error, "points": int(keep.sum()), "source": source,
+            "seconds": round(seconds, 2)}

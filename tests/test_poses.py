@@ -1,0 +1,377 @@
+"""The poses stage: SfM on real and synthetic captures, --poses imports, normalisation, failures."""
+import zlib  # noqa: F401  (load before pycolmap: see stages/__init__.py)
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+import trimesh
+from PIL import Image
+
+from pipeline.config import defaults
+from pipeline.context import Sources, StageContext
+from pipeline.errors import NeroicError
+from stages.common.cameras import Frame, project, read_transforms, similarity_from_points, transform_c2w
+from stages.poses.normalize import (
+    enclosing_sphere,
+    inlier_points,
+    object_points,
+    silhouette_with_slack,
+    sphere_of_points,
+    world_from_sfm,
+)
+from tests.conftest import shared
+from tests.test_cameras import look_at_c2w, random_rotation
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- helpers: the ingest and masks folders exactly as those stages write them ---------------
+
+def write_inputs(root: Path, photos, focal_px=None, status=None) -> None:
+    """photos: [(stem, rgb [H, W, 3] uint8, mask [H, W] uint8)] -> root/ingest, root/masks."""
+    (root / "ingest" / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    entries, masks = [], []
+    for stem, rgb, mask in photos:
+        Image.fromarray(rgb).save(root / "ingest" / "images" / f"{stem}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+        h, w = mask.shape
+        entries.append({"name": f"{stem}.jpg", "stem": stem, "image": f"images/{stem}.png", "alpha": None,
+                        "width": w, "height": h, "source_width": 2 * w, "source_height": 2 * h,
+                        "focal_px": (focal_px or {}).get(stem), "camera": None, "sha256": stem})
+        masks.append({"stem": stem, "mask": f"{stem}.png", "source": "user",
+                      "fraction": float((mask >= 128).mean()), "status": (status or {}).get(stem, "ok")})
+    (root / "ingest" / "photos.json").write_text(json.dumps({"photos": entries, "skipped": [], "duplicates": []}))
+    (root / "masks" / "masks.json").write_text(json.dumps({"threshold": 128, "masks": masks}))
+
+
+def run_poses(root: Path, config=None, poses=None, photos=None) -> tuple[dict, Path]:
+    """Run the stage as the runner would (output in a temp folder, published as root/poses)."""
+    import stages.poses
+
+    out = root / ".tmp" / "poses"
+    out.mkdir(parents=True)
+    checkpoints = root / ".checkpoints" / "poses"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(name="poses", workdir=root, out=out, checkpoints=checkpoints, config={**defaults()["poses"], **(config or {})},
+                       settings={}, sources=Sources(photos=photos, poses=poses), quiet=True,
+                       inputs={"ingest": root / "ingest", "masks": root / "masks"})
+    return stages.poses.run(ctx), out
+
+
+def output_frames(root: Path, out: Path) -> dict[str, Frame]:
+    return {f.stem: f for f in read_transforms(out / "transforms.json", roots=[root])}
+
+
+def ply_vertex_count(path: Path) -> int:
+    header = path.read_bytes().split(b"end_header\n")[0].decode()
+    return int(header.split("element vertex ")[1].split()[0])
+
+
+def alignment_errors(est: dict[str, Frame], true: dict[str, Frame]):
+    """Umeyama-align estimated to true camera centres: (similarity, rotation errors in degrees,
+    centre errors in world units), per common frame."""
+    stems = sorted(set(est) & set(true))
+    a = np.array([est[s].centre for s in stems])
+    b = np.array([true[s].centre for s in stems])
+    T = similarity_from_points(a, b)
+    R = T[:3, :3] / np.cbrt(np.linalg.det(T[:3, :3]))
+    rot = [np.degrees(np.arccos(np.clip((np.trace(true[s].c2w[:3, :3].T @ R @ est[s].c2w[:3, :3]) - 1) / 2, -1, 1)))
+           for s in stems]
+    return T, np.array(rot), np.linalg.norm(a @ T[:3, :3].T + T[:3, 3] - b, axis=1)
+
+
+# -- structure from motion -------------------------------------------------------------------
+
+def textured_spot_dir(folder: Path) -> Path:
+    """Spot's mesh with its albedo modulated by multi-scale noise. The plain albedo (flat colour
+    patches) gives SIFT ~90 features per view and no model at 256 or 512 px; texture is what SfM
+    needs, and the test is about the poses, not about SIFT on a featureless object."""
+    spot = shared("spot")
+    folder.mkdir()
+    (folder / "spot_triangulated.obj").symlink_to(spot / "spot_triangulated.obj")
+    albedo = np.asarray(Image.open(spot / "spot_texture.png").convert("RGB"), dtype=np.float32) / 255
+    rng = np.random.default_rng(0)
+    n = albedo.shape[0]
+    noise = sum(np.asarray(Image.fromarray(rng.random((cells, cells), dtype=np.float32)).resize((n, n), Image.BICUBIC))
+                for cells in (64, 128, 256))
+    noise = (noise - noise.min()) / (noise.max() - noise.min())
+    Image.fromarray((np.clip(albedo * (0.2 + 0.8 * noise[..., None]), 0, 1) * 255).astype(np.uint8)).save(
+        folder / "spot_texture.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def spot_capture(tmp_path_factory) -> Path:
+    """24 views of textured Spot at 512 px from the shared generator (known cameras, radius 3.2).
+    At 256 px SIFT's precision leaves the worst camera ~1 degree off."""
+    base = tmp_path_factory.mktemp("spot_poses")
+    env = {**os.environ, "NEROIC_SPOT_DIR": str(textured_spot_dir(base / "spot")), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "tests.synthetic.spot_capture", "--out", str(base / "capture"),
+                    "--size", "512", "--train", "24", "--heldout", "0", "--threads", "1"],
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    return base / "capture"
+
+
+def test_spot_capture_cameras_are_recovered(spot_capture, tmp_path):
+    photos = []
+    for path in sorted((spot_capture / "images").glob("*.png")):
+        rgba = np.asarray(Image.open(path))
+        photos.append((path.stem, np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])))
+    write_inputs(tmp_path, photos)
+    summary, out = run_poses(tmp_path, config={"shared_camera": True})
+    assert summary["registered"] == summary["total"] == 24
+    assert summary["mean_reproj_error"] < 0.5
+
+    true = {f.stem: f for f in read_transforms(spot_capture / "transforms.json")}
+    orbit = float(np.mean([np.linalg.norm(f.centre) for f in true.values()]))
+    T, rot, centre = alignment_errors(output_frames(tmp_path, out), true)
+    print(f"spot: rotation error max {rot.max():.3f} mean {rot.mean():.3f} deg, centre error max "
+          f"{100 * centre.max() / orbit:.3f} % mean {100 * centre.mean() / orbit:.3f} % of the orbit radius")
+    assert rot.max() < 0.5, rot
+    assert centre.max() < 0.01 * orbit, centre / orbit
+    # The normalised world is the generator's up to a turn about +Y (both have +Y up), and its
+    # unit sphere (around the sparse points) holds Spot once enlarged 1.3x as the paper does.
+    scale = np.cbrt(np.linalg.det(T[:3, :3]))
+    assert np.degrees(np.arccos(T[1, 1] / scale)) < 3.0
+    vertices = np.asarray(trimesh.load(spot_capture / "gt" / "mesh.ply").vertices)
+    in_ours = (vertices - T[:3, 3]) @ T[:3, :3] / scale**2  # inverse similarity
+    assert 0.95 < np.linalg.norm(in_ours, axis=1).max() < 1.3
+    norm = json.loads((out / "normalization.json").read_text())
+    assert norm["source"] == "colmap" and norm["bounds"] == {"center": [0, 0, 0], "radius": 1.0, "from": "sparse points"}
+    assert ply_vertex_count(out / "points.ply") == summary["points"] > 100
+    assert pycolmap.Reconstruction(out / "sparse").num_reg_images() == 24
+
+
+def test_kermit_registers_every_photo(tmp_path):
+    photos = []
+    for path in sorted(shared("kermit", "images").glob("*.jpg")):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        photos.append((path.stem, rgb, np.full(rgb.shape[:2], 255, np.uint8)))
+    write_inputs(tmp_path, photos)
+    summary, out = run_poses(tmp_path)
+    assert summary["registered"] == 11 and summary["mean_reproj_error"] < 1.0
+    frames = json.loads((out / "transforms.json").read_text())["frames"]
+    assert frames[0]["file_path"] == "../ingest/images/kermit000.png"
+    assert frames[0]["mask_path"] == "../masks/kermit000.png"
+    assert (tmp_path / frames[0]["file_path"][3:]).exists()  # relative to root/poses
+    # The first photo looks at the object from +Z and the cameras' up is world +Y.
+    c2w = np.array(frames[0]["transform_matrix"])
+    assert abs(c2w[0, 3]) < 1e-9 and c2w[2, 3] > 0
+    assert np.mean([np.array(f["transform_matrix"])[1, 1] for f in frames]) > 0.9
+
+
+def test_fewer_than_three_registered_is_an_error(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = [(f"n{i}", rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), np.full((96, 128), 255, np.uint8))
+             for i in range(3)]
+    write_inputs(tmp_path, noise)
+    with pytest.raises(NeroicError, match="registered only 0 of 3") as info:
+        run_poses(tmp_path)
+    assert "shared_camera" in info.value.hint
+
+
+def test_too_few_usable_masks_is_an_error(tmp_path):
+    blank = [(f"p{i}", np.zeros((32, 32, 3), np.uint8), np.full((32, 32), 255, np.uint8)) for i in range(4)]
+    write_inputs(tmp_path, blank, status={"p0": "empty", "p1": "full"})
+    with pytest.raises(NeroicError, match="only 2 photo"):
+        run_poses(tmp_path)
+
+
+# -- imports -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["bin", "txt"])
+def test_colmap_model_import_round_trip(tmp_path, fmt):
+    options = pycolmap.SyntheticDatasetOptions()
+    options.num_rigs, options.num_frames_per_rig, options.num_points3D = 2, 4, 200
+    options.camera_model_id = pycolmap.CameraModelId.OPENCV
+    options.camera_params = [1000.0, 1010.0, 515.0, 380.0, -0.05, 0.01, 0.001, -0.002]
+    rec = pycolmap.synthesize_dataset(options)
+    model = tmp_path / "given" / "sparse"
+    model.mkdir(parents=True)
+    (rec.write_binary if fmt == "bin" else rec.write_text)(str(model))
+    images = sorted(rec.images.values(), key=lambda im: im.name)
+    stems = [Path(im.name).stem for im in images]
+    # Working-size photos are half the model's 1024x768; one posed image has no photo, one
+    # photo has no pose.
+    size = (384, 512)
+    photos = [(s, np.zeros((*size, 3), np.uint8), np.full(size, 255, np.uint8)) for s in stems[1:] + ["extra"]]
+    write_inputs(tmp_path / "work", photos)
+    summary, out = run_poses(tmp_path / "work", poses=model)
+
+    assert summary["source"] == "colmap-model" and summary["registered"] == len(images) - 1
+    norm = json.loads((out / "normalization.json").read_text())
+    assert np.array_equal(norm["world_from_sfm"], np.eye(4))
+    assert norm["frames_without_photo"] == [stems[0]] and norm["unregistered"] == ["extra"]
+    center, radius = sphere_of_points(np.array([p.xyz for p in rec.points3D.values()]))
+    assert np.allclose(norm["bounds"]["center"], center) and norm["bounds"]["radius"] == pytest.approx(radius)
+    frames = output_frames(tmp_path / "work", out)
+    assert json.loads((out / "transforms.json").read_text())["camera_model"] == "OPENCV"
+    for image in images[1:]:
+        frame = frames[Path(image.name).stem]
+        assert (frame.w, frame.h) == (512, 384)
+        observed = [(rec.points3D[p.point3D_id].xyz, p.xy) for p in image.points2D if p.has_point3D()]
+        xyz, xy = (np.array(v) for v in zip(*observed))
+        uv, depth = project(xyz, frame)  # our convention and distortion vs COLMAP's own observations
+        assert np.all(depth > 0)
+        assert np.abs(uv - xy / 2).max() < 1e-6
+    again = pycolmap.Reconstruction(out / "sparse")
+    assert again.num_points3D() == rec.num_points3D() and again.num_reg_images() == len(images)
+    assert ply_vertex_count(out / "points.ply") == rec.num_points3D()
+
+
+SOURCE_SIZE, FOCAL = (240, 180), 220.0  # the 'user's photos'; working copies are half that
+
+
+def sphere_views(center, radius) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(stem, OpenGL c2w, mask [90, 120] uint8) for 36 cameras around a sphere, 4 units away."""
+    (w, h), f = (s // 2 for s in SOURCE_SIZE), FOCAL / 2
+    views = []
+    for i, (azimuth, elevation) in enumerate([(a, e) for e in (-25, 10, 45) for a in range(0, 360, 30)]):
+        a, e = np.radians(azimuth), np.radians(elevation)
+        position = np.asarray(center) + 4.0 * np.array([np.cos(e) * np.sin(a), np.sin(e), np.cos(e) * np.cos(a)])
+        c2w = look_at_c2w(position, target=center)
+        # Object: pixel rays (through pixel centres) that pass within `radius` of the centre.
+        v, u = np.mgrid[:h, :w] + 0.5
+        rays = np.stack([(u - w / 2) / f, -(v - h / 2) / f, -np.ones_like(u)], -1) @ c2w[:3, :3].T
+        rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
+        to_center = np.asarray(center) - position
+        miss = np.linalg.norm(to_center - (rays @ to_center)[..., None] * rays, axis=-1)
+        views.append((f"v{i:02d}", c2w, ((miss < radius) * 255).astype(np.uint8)))
+    return views
+
+
+def sphere_capture(root: Path, center, radius, convention="opengl", extra_frame=True) -> Path:
+    """A transforms.json for the sphere views (at the source size) and the work folder's inputs."""
+    frames, photos = [], []
+    for stem, c2w, mask in sphere_views(center, radius):
+        photos.append((stem, np.zeros((*mask.shape, 3), np.uint8), mask))
+        given = c2w @ np.diag([1, -1, -1, 1.0]) if convention == "opencv" else c2w
+        frames.append({"file_path": f"images/{stem}.jpg", "transform_matrix": given.tolist()})
+    if extra_frame:
+        frames.append({"file_path": "images/not_a_photo.jpg", "transform_matrix": np.eye(4).tolist()})
+    write_inputs(root / "work", photos)
+    path = root / "given" / "transforms.json"
+    path.parent.mkdir()
+    (w, h), f = SOURCE_SIZE, FOCAL
+    path.write_text(json.dumps({"fl_x": f, "fl_y": f, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "frames": frames}))
+    return path
+
+
+def test_object_points_drop_background_and_two_view_points():
+    center, radius = np.array([0.2, 0.1, -0.3]), 0.8
+    views = sphere_views(center, radius)
+    frames = [Frame(stem, c2w, FOCAL / 2, FOCAL / 2, 60.0, 45.0, 120, 90) for stem, c2w, _ in views]
+    silhouettes = [silhouette_with_slack(mask >= 128) for _, _, mask in views]
+    rng = np.random.default_rng(5)
+    d = rng.normal(size=(130, 3))
+    points = center + 0.95 * radius * d / np.linalg.norm(d, axis=1, keepdims=True)
+    points[100:110] += 0.6 * d[100:110] / np.linalg.norm(d[100:110], axis=1, keepdims=True)  # off the object
+    tracks = np.full(130, 4)
+    tracks[110:120] = 2  # on the object, but seen twice only
+    keep = object_points(points, tracks, frames, silhouettes)
+    assert keep[:100].all() and not keep[100:120].any() and keep[120:].all()
+    # Mostly two-view points (a sparse capture): track length is no longer held against them.
+    assert object_points(points, np.full(130, 2), frames, silhouettes)[110:120].all()
+
+
+def test_transforms_import_keeps_the_world_and_bounds_the_object(tmp_path):
+    center, radius = np.array([0.3, -0.2, 0.5]), 0.8
+    path = sphere_capture(tmp_path, center, radius)
+    summary, out = run_poses(tmp_path / "work", poses=path)
+    assert summary["source"] == "transforms.json" and summary["registered"] == 36
+    given = {Path(f["file_path"]).stem: f for f in json.loads(path.read_text())["frames"]}
+    written = json.loads((out / "transforms.json").read_text())["frames"]
+    for frame in written:
+        assert frame["transform_matrix"] == given[frame["stem"]]["transform_matrix"]  # exactly
+        assert (frame["fl_x"], frame["cx"], frame["w"], frame["h"]) == (FOCAL / 2, 60.0, 120, 90)
+        assert frame["file_path"] == f"../ingest/images/{frame['stem']}.png"
+    norm = json.loads((out / "normalization.json").read_text())
+    assert np.array_equal(norm["world_from_sfm"], np.eye(4)) and norm["frames_without_photo"] == ["not_a_photo"]
+    assert np.linalg.norm(np.array(norm["bounds"]["center"]) - center) < 0.05
+    assert radius <= norm["bounds"]["radius"] < 1.15 * radius
+    assert ply_vertex_count(out / "points.ply") == 0 and not (out / "sparse").exists()
+
+
+def test_transforms_import_with_opencv_axes_is_refused(tmp_path):
+    path = sphere_capture(tmp_path, [0.0, 0.0, 0.0], 0.8, convention="opencv", extra_frame=False)
+    with pytest.raises(NeroicError, match="do not agree with the masks"):
+        run_poses(tmp_path / "work", poses=path)
+
+
+@pytest.mark.parametrize("bad_path", ["/etc/hostname", "../../secret/v00.jpg"])
+def test_transforms_import_refuses_paths_outside_the_capture(tmp_path, bad_path):
+    path = sphere_capture(tmp_path, [0.0, 0.0, 0.0], 0.8, extra_frame=False)
+    data = json.loads(path.read_text())
+    data["frames"][0]["file_path"] = bad_path
+    path.write_text(json.dumps(data))
+    with pytest.raises(NeroicError, match="refusing"):
+        run_poses(tmp_path / "work", poses=path, photos=tmp_path / "work" / "ingest")
+
+
+def test_unmatched_poses_are_an_error(tmp_path):
+    path = sphere_capture(tmp_path, [0.0, 0.0, 0.0], 0.8, extra_frame=False)
+    data = json.loads(path.read_text())
+    for i, frame in enumerate(data["frames"]):
+        frame["file_path"] = f"images/other{i}.jpg"
+    path.write_text(json.dumps(data))
+    with pytest.raises(NeroicError, match="only 0 camera"):
+        run_poses(tmp_path / "work", poses=path)
+
+
+# -- normalisation -----------------------------------------------------------------------------
+
+def test_normalisation_centres_scales_and_stands_the_object_up():
+    """Cameras around an object, moved into an arbitrary 'SfM' frame: normalising must undo the
+    move up to a turn about +Y, drop far outliers, and put the first camera on +Z."""
+    rng = np.random.default_rng(3)
+    center = np.array([0.5, 1.0, -0.3])
+    points = center + rng.normal(size=(2000, 3)) * [0.6, 1.0, 0.4]
+    points = np.concatenate([points, center + [[40.0, 0, 0], [0, -55.0, 0], [30.0, 30.0, 0]]])  # outliers
+    frames = []
+    for i, azimuth in enumerate(np.radians(np.arange(0, 360, 30) + 17)):
+        position = center + 5.0 * np.array([np.sin(azimuth), 0.3, np.cos(azimuth)])
+        frames.append(Frame(f"c{i}", look_at_c2w(position, target=center), 500, 500, 320, 240, 640, 480))
+    S = np.eye(4)
+    S[:3, :3] = 3.7 * random_rotation(rng)
+    S[:3, 3] = rng.normal(size=3) * 10
+    moved = [replace(f, c2w=transform_c2w(S, f.c2w)) for f in frames]
+    T, info = world_from_sfm(moved, points @ S[:3, :3].T + S[:3, 3])
+    # The same 5 points are dropped whatever the frame (the 3 outliers among them), and the
+    # sphere around the rest becomes the unit sphere.
+    keep = inlier_points(points)
+    assert (~keep).sum() == 5 and not keep[-3:].any()
+    center, radius = sphere_of_points(points)
+    W = T @ S  # original world -> normalised world
+    scale = np.cbrt(np.linalg.det(W[:3, :3]))
+    assert scale == pytest.approx(1 / radius)
+    assert np.allclose(W[:3, :3] @ center + W[:3, 3], 0)
+    inliers = points[keep] @ W[:3, :3].T + W[:3, 3]
+    assert np.linalg.norm(inliers, axis=1).max() == pytest.approx(1.0)
+    assert info["up_from"] == "plane of the camera centres"
+    assert W[1, 1] / scale == pytest.approx(1.0, abs=1e-9)  # up stays up: only a turn about Y
+    first = W[:3, :3] @ frames[0].centre + W[:3, 3]
+    assert abs(first[0]) < 1e-9 and first[2] > 0  # the first camera looks from +Z
+
+
+@pytest.mark.parametrize("shape", ["sphere", "box"])
+def test_enclosing_sphere_is_near_minimal(shape):
+    rng = np.random.default_rng(4)
+    if shape == "sphere":  # points on a sphere: the answer is that sphere
+        center, radius = np.array([3.0, -1.0, 2.0]), 2.0
+        d = rng.normal(size=(3000, 3))
+        points = center + radius * d / np.linalg.norm(d, axis=1, keepdims=True)
+    else:  # a box's corners and inside: the circumscribed sphere
+        size = np.array([1.0, 3.0, 0.5])
+        corners = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)]) * size
+        points = np.concatenate([rng.random((3000, 3)) * size, corners])
+        center, radius = size / 2, np.linalg.norm(size) / 2
+    found_center, found_radius = enclosing_sphere(points)
+    assert np.linalg.norm(found_center - center) < 0.01 * radius
+    assert 0.995 * radius <= found_radius < 1.01 * radius
