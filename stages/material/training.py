@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from stages.field.losses import psnr
-from stages.field.training import config_key, load_checkpoint, save_checkpoint
+from stages.field.training import TrainResult, config_key, load_checkpoint, save_checkpoint
 from stages.material.lighting import PhotoLighting, positivity_directions
 from stages.material.losses import (colour_loss, light_positivity, normal_loss, normal_smoothness,
                                     specular_regulariser)
@@ -60,15 +60,6 @@ class MaterialTrainConfig:
     max_seconds: float = 0.0  # stop early after this much training time (0: no limit)
     log_every: int = 10
     seed: int = 0
-
-
-@dataclass
-class MaterialTrainResult:
-    curves: dict[str, list[float]]
-    steps_done: int
-    seconds: float
-    resumed_from: int = 0
-    stopped_early: bool = False
 
 
 def _lr_factor(step: int, cfg: MaterialTrainConfig) -> float:
@@ -117,7 +108,7 @@ def render_surface(field: MaterialField, lights: PhotoLighting | None, surface: 
 
 def train_material(field: MaterialField, lights: PhotoLighting, surface: SurfacePixels, cfg: MaterialTrainConfig,
                    density: DensityGrid | None = None, checkpoint_path: Path | None = None,
-                   progress: Callable | None = None) -> MaterialTrainResult:
+                   progress: Callable | None = None) -> TrainResult:
     """Optimise `field` and `lights` in place on `surface` (which must carry photo colours)."""
     if surface.rgb is None or len(surface) == 0:
         raise ValueError("training needs surface pixels with photo colours")
@@ -210,4 +201,4 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
         if bar is not None:
             bar.close()
     checkpoint()
-    return MaterialTrainResult(curves, step, elapsed, resumed_from, stopped_early)
+    return TrainResult(curves, step, elapsed, resumed_from, stopped_early)
