@@ -12,6 +12,7 @@ usable photos, transforms.json format).
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def load_trained_field(folder: Path, device: str | torch.device = "cpu") -> Trai
     try:
         meta = json.loads((folder / "field.json").read_text(encoding="utf-8"))
         state = torch.load(folder / "field.pt", map_location=device, weights_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:  # never unpickle to see
         raise NeroicError(f"cannot load the trained field from {folder}: {exc}",
                           hint="rerun the geometry stage (neroic run --from geometry)") from None
     if meta.get("format") != FORMAT_VERSION:

@@ -16,6 +16,7 @@ and only departs from it where the photos' shading asks for detail.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from pipeline.errors import NeroicError
 from stages.field.encodings import HashGridEncoding
 from stages.field.mlp import MLP
 
@@ -107,8 +109,12 @@ def save_material(field: MaterialField, folder: Path) -> None:
 def load_material(folder: str | Path, device: str | torch.device = "cpu") -> MaterialField:
     """The trained material field of a material stage folder, in eval mode on `device`."""
     folder = Path(folder)
-    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    lo, hi = config.pop("aabb_min"), config.pop("aabb_max")
-    field = MaterialField(lo, hi, **config)
-    field.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        lo, hi = config.pop("aabb_min"), config.pop("aabb_max")
+        field = MaterialField(lo, hi, **config)
+        field.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise NeroicError(f"cannot load the material model from {folder}: {exc}",
+                          hint="rerun the material stage (neroic stage material --force)") from None
     return field.to(device).eval()
