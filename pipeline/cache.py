@@ -14,6 +14,7 @@ process dies between the two renames, `recover` puts the old folder back.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -84,7 +85,9 @@ def code_files(module: str) -> list[Path]:
     return sorted(files)
 
 
+@functools.lru_cache(maxsize=None)
 def code_fingerprint(module: str) -> str:
+    """Cached per process: the source does not change while neroic runs."""
     return hash_json([(f.relative_to(REPO_ROOT).as_posix(), sha256_file(f)) for f in code_files(module)])
 
 

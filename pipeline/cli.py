@@ -177,7 +177,9 @@ def _run(photos, out, workdir, poses, masks, profile, device, force, overrides, 
         _write_report(wd, out, f"interrupted during stage '{e.stage}'" if isinstance(e, StageInterrupted) else str(e))
         raise
     _summary_table(results)
-    click.echo(f"report: {_write_report(wd, out)}")
+    if any(r.action == "ran" for r in results) or not (wd.root / "report.html").exists():
+        _write_report(wd, out)
+    click.echo(f"report: {wd.root / 'report.html'}")
     if results[-1].name == "export":
         model = wd.stage_dir("export") / "model.glb"
         tmp = out.with_name(f".{out.name}.tmp")

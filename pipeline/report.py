@@ -11,6 +11,7 @@ import datetime as dt
 import html
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -121,10 +122,13 @@ def write_report(workdir: Path, title: str, error: str | None = None) -> Path:
         if read_manifest(workdir / stage) is None:
             continue
         files = [p for pattern in patterns for p in sorted((workdir / stage).glob(pattern))]
-        if stage == "poses":
-            cached = workdir / ".report" / "cameras.png"
-            cached.parent.mkdir(exist_ok=True)
-            files = [f for f in [cameras_figure(workdir / stage, cached)] if f]
+        if stage == "poses":  # drawn once per poses output
+            cached = workdir / ".report" / f"cameras-{read_manifest(workdir / stage)['output_hash'][:16]}.png"
+            if not cached.exists():
+                shutil.rmtree(cached.parent, ignore_errors=True)
+                cached.parent.mkdir()
+                cameras_figure(workdir / stage, cached)
+            files = [cached] if cached.exists() else []
         if files:
             imgs = "".join(f'<figure><img src="{_embed(p)}" alt="{html.escape(p.name)}">'
                            f"<figcaption>{html.escape(p.name)}</figcaption></figure>" for p in files)
