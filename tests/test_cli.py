@@ -90,8 +90,10 @@ def test_ctrl_c_keeps_finished_stages_and_rerun_resumes(tmp_path):
     shutil.copytree(shared("kermit", "images"), photos)  # 11 photos: masks takes a few seconds
     out, work = tmp_path / "k.glb", tmp_path / "k.neroic"
     args = ["run", photos, "--out", out, "--until", "masks", "--set", "ingest.max_size=320"]
+    # as from a terminal: a CI runner may start us with SIGINT ignored, which children inherit
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list((work / ".tmp" / "masks").glob("*.png")):  # rembg is loaded and working
         assert proc.poll() is None and time.time() < deadline, "masks stage never started"
