@@ -178,18 +178,19 @@ def _frame_intrinsics(frame: dict, top: dict, size: tuple[int, int] | None, what
     w, h = int(_number(w, f"{what} w")), int(_number(h, f"{what} h"))
     if w <= 0 or h <= 0:
         raise NeroicError(f"{what}: image size {w} x {h} is not positive")
-    if get("fl_x") is not None:
-        fl_x = _number(get("fl_x"), f"{what} fl_x")
-    elif get("camera_angle_x") is not None:
-        fl_x = 0.5 * w / math.tan(0.5 * _number(get("camera_angle_x"), f"{what} camera_angle_x"))
-    else:
+    def focal(axis: str, pixels: int) -> float | None:
+        """fl_<axis> in pixels, or from camera_angle_<axis> (full field of view, radians)."""
+        if get(f"fl_{axis}") is not None:
+            return _number(get(f"fl_{axis}"), f"{what} fl_{axis}")
+        if get(f"camera_angle_{axis}") is not None:
+            return 0.5 * pixels / math.tan(0.5 * _number(get(f"camera_angle_{axis}"), f"{what} camera_angle_{axis}"))
+        return None
+
+    fl_x = focal("x", w)
+    if fl_x is None:
         raise NeroicError(f"{what}: no focal length (fl_x or camera_angle_x)")
-    if get("fl_y") is not None:
-        fl_y = _number(get("fl_y"), f"{what} fl_y")
-    elif get("camera_angle_y") is not None:
-        fl_y = 0.5 * h / math.tan(0.5 * _number(get("camera_angle_y"), f"{what} camera_angle_y"))
-    else:
-        fl_y = fl_x
+    fl_y = focal("y", h)
+    fl_y = fl_x if fl_y is None else fl_y
     if fl_x <= 0 or fl_y <= 0:
         raise NeroicError(f"{what}: focal length must be positive")
     for key in ("k3", "k4"):
