@@ -48,6 +48,7 @@ Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_se
          refine_cameras false, camera_lr 0.001, camera_weight 1.0
          max_image_size 0            train on photos resized to this longest side (0: as ingested)
          holdout_every 8, holdout_stems []   held-out photos (every n-th usable; 0: none)
+         heldout_image_size 320      held-out photos are rendered and scored at this longest side
          eval_every 0                also measure held-out PSNR (first 2 photos) every n steps
          checkpoint_every 250, density_grid_resolution 128, seed 0
 Checkpoints  geometry training state every `checkpoint_every` steps and on Ctrl-C in
@@ -96,17 +97,23 @@ def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.
         rgb = read_rgb(ingest / photos[frame.stem]["image"])
         mask = read_mask(masks_dir / ok_masks[frame.stem]["mask"])
         h, w = rgb.shape[:2]
-        if max_size and max(h, w) > max_size:
-            scale = max_size / max(h, w)
-            w, h = max(1, round(w * scale)), max(1, round(h * scale))
-            rgb = resize(rgb, (w, h))
-            mask = resize(mask, (w, h))
         if mask.shape != (h, w):
             mask = resize(mask, (w, h))
-        frames.append(frame.scaled(w, h) if (frame.w, frame.h) != (w, h) else frame)
+        frame = frame.scaled(w, h) if (frame.w, frame.h) != (w, h) else frame
+        frame, rgb, mask = _downsized(frame, rgb, mask >= threshold, max_size)
+        frames.append(frame)
         images.append(rgb)
-        masks.append(mask >= threshold)
+        masks.append(mask)
     return frames, images, masks
+
+
+def _downsized(frame: Frame, image: np.ndarray, mask: np.ndarray, max_size: int) -> tuple[Frame, np.ndarray, np.ndarray]:
+    """A view shrunk to max_size on its longer side (unchanged when already smaller or max_size is 0)."""
+    if not max_size or max(frame.w, frame.h) <= max_size:
+        return frame, image, mask
+    scale = max_size / max(frame.w, frame.h)
+    w, h = max(1, round(frame.w * scale)), max(1, round(frame.h * scale))
+    return frame.scaled(w, h), resize(image, (w, h)), resize(mask.astype(np.uint8) * 255, (w, h)) >= 128
 
 
 def _split(frames: list[Frame], every: int, stems: list[str]) -> tuple[list[int], list[int]]:
@@ -197,14 +204,19 @@ def run(ctx: StageContext) -> dict:
     pixels = TrainingPixels.from_photos([images[i] for i in train_idx], train_masks,
                                         int(cfg["background_band_px"])).to(device)
 
+    heldout_views = {v: _downsized(frames[v], images[v], masks[v], int(cfg["heldout_image_size"])) for v in held_idx}
+
     def evaluate(views: list[int]) -> list[dict]:
         field.eval()
         results = []
         for v in views:
-            out = render_view(field, grid, cameras, v, field.appearance.neutral().detach(), step_size)
-            photo = torch.from_numpy(images[v].copy()).to(device).float() / 255.0
-            inside, whole = image_psnr(out["rgb"], photo, torch.from_numpy(masks[v]).to(device))
-            results.append({"stem": frames[v].stem, "psnr_masked": inside, "psnr_image": whole, "render": out})
+            frame, image, mask = heldout_views[v]
+            out = render_view(field, grid, Cameras.from_frames([frame]).to(device), 0,
+                              field.appearance.neutral().detach(), step_size)
+            photo = torch.from_numpy(image.copy()).to(device).float() / 255.0
+            inside, whole = image_psnr(out["rgb"], photo, torch.from_numpy(mask).to(device))
+            results.append({"stem": frame.stem, "photo": image, "psnr_masked": inside, "psnr_image": whole,
+                            "render": out})
         field.train()
         return results
 
@@ -233,8 +245,8 @@ def run(ctx: StageContext) -> dict:
     _write_density_grid(out / "density_grid.npz", field, grid, int(cfg["density_grid_resolution"]))
     held = evaluate(held_idx)
     (out / "heldout").mkdir()
-    for v, r in zip(held_idx, held):
-        _write_heldout_png(out / "heldout" / f"{r['stem']}.png", images[v], r["render"])
+    for r in held:
+        _write_heldout_png(out / "heldout" / f"{r['stem']}.png", r["photo"], r["render"])
     per_photo = [{k: r[k] for k in ("stem", "psnr_masked", "psnr_image")} for r in held]
     mean_masked = float(np.mean([r["psnr_masked"] for r in held])) if held else float("nan")
     mean_image = float(np.mean([r["psnr_image"] for r in held])) if held else float("nan")

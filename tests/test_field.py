@@ -365,7 +365,7 @@ def test_geometry_stage_learns_a_small_spot_capture_and_writes_its_outputs(tmp_p
     out.mkdir()
     config = {**defaults()["geometry"], "steps": 250, "max_seconds": 0, "target_samples": 24576, "lr": 0.02, "occupancy_resolution": 64, "hash_levels": 8,
               "hash_log2_table": 14, "density_grid_resolution": 24, "steps_across": 128, "transient_dim": 0,
-              "checkpoint_every": 1000, "holdout_stems": held}
+              "checkpoint_every": 1000, "holdout_stems": held, "heldout_image_size": 48}
     ctx = StageContext(name="geometry", workdir=work, out=out, checkpoints=work / "ckpt", config=config, settings={},
                        sources=Sources(), device="cpu", inputs={k: work / k for k in ("ingest", "masks", "poses")},
                        quiet=True)
@@ -376,6 +376,8 @@ def test_geometry_stage_learns_a_small_spot_capture_and_writes_its_outputs(tmp_p
     for name in ("field.pt", "field.json", "cameras.json", "occupancy.npz", "density_grid.npz", "curves.png",
                  "metrics.json", *(f"heldout/{s}.png" for s in held)):
         assert (out / name).exists(), name
+    # held-out photos are scored at heldout_image_size: photo | render | opacity
+    assert np.asarray(Image.open(out / "heldout" / f"{held[0]}.png")).shape == (48, 3 * 48, 3)
     torch.load(out / "field.pt", weights_only=True)
     with np.load(out / "density_grid.npz", allow_pickle=False) as d:
         density = d["density"]
