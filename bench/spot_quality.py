@@ -9,7 +9,8 @@ under its own light) and runs `neroic run` on all its photos with their known ca
 a user would, naming the held-out photos in geometry.holdout_stems: no stage trains on them (the
 geometry stage scores them, every `--eval-every` steps for its PSNR-against-time curve; the
 material stage only learns the training photos' lights). Then, on the held-out cameras:
-  geometry  masked PSNR of the neutral-appearance render (inside the true mask, on black),
+  geometry  masked PSNR of the neutral-appearance render on black against the photo composited on
+            black by its true coverage, over the pixels at least half covered;
             silhouette IoU (opacity > 0.5 against coverage > 0.5)
   normals   median angle between the rendered Sobel normals and the true normals
   material  relit / albedo / lit-sphere PSNR after the per-channel scale fit
@@ -95,7 +96,7 @@ def geometry_metrics(workdir: Path, views, with_normals: bool) -> dict:
         rgba = pictures["rgb"] / 255.0
         rendered = rgba[..., :3] * rgba[..., 3:]
         inside = alpha > 0.5
-        psnrs.append(psnr(float(((rendered - photo * inside[..., None]) ** 2).mean(-1)[inside].mean())))
+        psnrs.append(psnr(float(((rendered - photo * alpha[..., None]) ** 2).mean(-1)[inside].mean())))
         mine = pictures["alpha"] / 255.0 > 0.5
         ious.append(float((mine & inside).sum() / max((mine | inside).sum(), 1)))
         if with_normals:

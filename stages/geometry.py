@@ -11,7 +11,8 @@ Method   Visual hull carved from the training masks over the bounds' cube -> tig
          drops cells the field finds empty. See stages/field/.
 Held out every `holdout_every`-th usable photo (or `holdout_stems`) is never trained on; PSNR on
          it is measured inside the photo's mask (rendered with the neutral appearance, on black,
-         against the photo on black) and, secondarily, over the whole image on black.
+         against the photo composited on black by its mask's coverage) and, secondarily, over the
+         whole image on black.
 Outputs  geometry/field.pt          state dict (plain tensors; torch.load(weights_only=True))
          geometry/field.json        hyper-parameters to rebuild the field, march step, training stems
          geometry/cameras.json      refined cameras of all usable photos (transforms.json format)
@@ -80,8 +81,9 @@ from stages.field.training import TrainConfig, TrainingPixels, image_psnr, rende
 MIN_TRAIN_PHOTOS = 3
 
 
-def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.ndarray], list[np.ndarray]]:
-    """Usable frames (in transforms.json order) with their photos [H, W, 3] uint8 and masks [H, W] bool."""
+def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.ndarray], list[np.ndarray], int]:
+    """Usable frames (in transforms.json order) with their photos [H, W, 3] uint8, their masks'
+    coverage [H, W] uint8 (soft at the edges: alpha or rembg) and the masks' threshold."""
     ingest, masks_dir, poses = ctx.input("ingest"), ctx.input("masks"), ctx.input("poses")
     transforms = poses / "transforms.json"
     if not transforms.exists():
@@ -90,7 +92,7 @@ def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.
     mask_meta = json.loads((masks_dir / "masks.json").read_text(encoding="utf-8"))
     ok_masks = {m["stem"]: m for m in mask_meta["masks"] if m.get("status") == "ok"}
     threshold = int(mask_meta.get("threshold", 128))
-    frames, images, masks = [], [], []
+    frames, images, coverages = [], [], []
     for frame in read_transforms(transforms, roots=[ingest, masks_dir]):
         if frame.stem not in photos or frame.stem not in ok_masks:
             continue
@@ -100,20 +102,21 @@ def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.
         if mask.shape != (h, w):
             mask = resize(mask, (w, h))
         frame = frame.scaled(w, h) if (frame.w, frame.h) != (w, h) else frame
-        frame, rgb, mask = _downsized(frame, rgb, mask >= threshold, max_size)
+        frame, rgb, mask = _downsized(frame, rgb, mask, max_size)
         frames.append(frame)
         images.append(rgb)
-        masks.append(mask)
-    return frames, images, masks
+        coverages.append(mask)
+    return frames, images, coverages, threshold
 
 
 def _downsized(frame: Frame, image: np.ndarray, mask: np.ndarray, max_size: int) -> tuple[Frame, np.ndarray, np.ndarray]:
-    """A view shrunk to max_size on its longer side (unchanged when already smaller or max_size is 0)."""
+    """A view (photo, uint8 mask) shrunk to max_size on its longer side (unchanged when already
+    smaller or max_size is 0)."""
     if not max_size or max(frame.w, frame.h) <= max_size:
         return frame, image, mask
     scale = max_size / max(frame.w, frame.h)
     w, h = max(1, round(frame.w * scale)), max(1, round(frame.h * scale))
-    return frame.scaled(w, h), resize(image, (w, h)), resize(mask.astype(np.uint8) * 255, (w, h)) >= 128
+    return frame.scaled(w, h), resize(image, (w, h)), resize(mask, (w, h))
 
 
 def _split(frames: list[Frame], every: int, stems: list[str]) -> tuple[list[int], list[int]]:
@@ -155,7 +158,8 @@ def run(ctx: StageContext) -> dict:
     cfg = ctx.config
     device = torch.device(ctx.device)
     started = time.perf_counter()
-    frames, images, masks = _load_views(ctx, int(cfg["max_image_size"]))
+    frames, images, coverages, threshold = _load_views(ctx, int(cfg["max_image_size"]))
+    masks = [c >= threshold for c in coverages]
     train_idx, held_idx = _split(frames, int(cfg["holdout_every"]), list(cfg["holdout_stems"]))
     if len(train_idx) < MIN_TRAIN_PHOTOS:
         raise NeroicError(f"only {len(train_idx)} photos have both a camera and a usable mask for training "
@@ -204,17 +208,18 @@ def run(ctx: StageContext) -> dict:
     pixels = TrainingPixels.from_photos([images[i] for i in train_idx], train_masks,
                                         int(cfg["background_band_px"])).to(device)
 
-    heldout_views = {v: _downsized(frames[v], images[v], masks[v], int(cfg["heldout_image_size"])) for v in held_idx}
+    heldout_views = {v: _downsized(frames[v], images[v], coverages[v], int(cfg["heldout_image_size"])) for v in held_idx}
 
     def evaluate(views: list[int]) -> list[dict]:
         field.eval()
         results = []
         for v in views:
-            frame, image, mask = heldout_views[v]
+            frame, image, coverage = heldout_views[v]
             out = render_view(field, grid, Cameras.from_frames([frame]).to(device), 0,
                               field.appearance.neutral().detach(), step_size)
             photo = torch.from_numpy(image.copy()).to(device).float() / 255.0
-            inside, whole = image_psnr(out["rgb"], photo, torch.from_numpy(mask).to(device))
+            coverage = torch.from_numpy(coverage.copy()).to(device)
+            inside, whole = image_psnr(out["rgb"], photo, coverage >= threshold, coverage.float() / 255.0)
             results.append({"stem": frame.stem, "photo": image, "psnr_masked": inside, "psnr_image": whole,
                             "render": out})
         field.train()

@@ -337,10 +337,12 @@ def render_view(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, view: 
             "depth": out["depth"].view(h, w)}
 
 
-def image_psnr(rendered: Tensor, photo: Tensor, mask: Tensor) -> tuple[float, float]:
+def image_psnr(rendered: Tensor, photo: Tensor, mask: Tensor, coverage: Tensor | None = None) -> tuple[float, float]:
     """(PSNR inside the mask, PSNR of the whole image on black): rendered/photo [H, W, 3] in [0, 1]
-    (rendered composited on black), mask [H, W] bool. The photo is composited on black through the mask."""
-    target = photo * mask[..., None]
+    (rendered composited on black), mask [H, W] bool. The photo is composited on black by its
+    coverage [H, W] in [0, 1] (a soft mask: photo colours at the object's edge are only partly
+    the object's), or by the mask when no coverage is given."""
+    target = photo * (mask if coverage is None else coverage)[..., None]
     err = (rendered - target).square().mean(-1)
     inside = psnr(err[mask].mean()) if bool(mask.any()) else float("nan")
     return inside, psnr(err.mean())
