@@ -3,6 +3,7 @@
 #   make setup                 install everything into .venv (or the active virtualenv)
 #   make test                  run the test suite
 #   make bench                 speed benchmarks (see bench/)
+#   make bench-quality         the whole pipeline on rendered Spot captures against ground truth
 #   make batch CAPTURES=dir OUT=dir -j2
 #                              turn each CAPTURES/NAME/ folder of photos into OUT/NAME.glb,
 #                              redoing only captures whose photos changed
@@ -12,7 +13,7 @@ PYTHON   := $(VENV)/bin/python
 NEROIC   := $(VENV)/bin/neroic
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup system-deps test bench batch clean-batch
+.PHONY: setup system-deps test bench bench-quality batch
 
 setup: system-deps
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -40,6 +41,12 @@ test:
 
 bench:
 	$(PYTHON) -m bench
+
+# About 20 minutes on a 2-core CPU: geometry under constant light, then all stages under a random
+# light per photo; figures in bench-runs/spot-*/metrics.json.
+bench-quality:
+	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-constant --lighting constant --until geometry --eval-every 50
+	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-random --lighting random --specular 0.15 --shadows
 
 # Batch: one neroic run per capture folder. Each job gets BATCH_THREADS threads so that
 # `-j2` on a 2-core machine does not oversubscribe the cores.

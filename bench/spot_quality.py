@@ -1,7 +1,7 @@
 """Quality and cost of the whole pipeline on a rendered Spot capture with known ground truth.
 
     python -m bench.spot_quality --lighting constant --until geometry        # issue 3, first figure
-    python -m bench.spot_quality --lighting random --specular 0.15           # issues 3, 4 and 5
+    python -m bench.spot_quality --lighting random --specular 0.15 --shadows # issues 3, 4 and 5
     python -m bench.spot_quality --profile quality --until geometry
 
 Renders a capture (tests/synthetic/spot_capture.py: training photos, plus held-out cameras each
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-runs/spot"))
     parser.add_argument("--lighting", choices=("constant", "random", "ambient"), default="random")
     parser.add_argument("--specular", type=float, default=0.0)
+    parser.add_argument("--shadows", action=argparse.BooleanOptionalAction, default=False,
+                        help="cast shadows in the rendered photos")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--train", type=int, default=40)
     parser.add_argument("--heldout", type=int, default=8)
@@ -189,15 +191,20 @@ def main(argv: list[str] | None = None) -> None:
     from tests.synthetic.spot_capture import make_spot_capture
 
     capture = args.out / "capture"
-    if not (capture / "transforms_test.json").exists():
-        make_spot_capture(capture, size=args.size, n_train=args.train, n_heldout=args.heldout,
-                          lighting=args.lighting, specular=args.specular)
+    wanted = {"size": args.size, "n_train": args.train, "n_heldout": args.heldout, "lighting": args.lighting,
+              "specular": args.specular, "shadows": args.shadows}
+    if (capture / "capture.json").exists():  # reuse a capture rendered with the same parameters
+        made = json.loads((capture / "capture.json").read_text())
+        if any(made.get(k) != v for k, v in wanted.items()):
+            raise SystemExit(f"{capture} was rendered with other parameters; choose another --out")
+    else:
+        make_spot_capture(capture, **wanted)
     workdir = args.out / "work"
     run_pipeline(capture, workdir, args.profile, args.until, args.eval_every, args.overrides)
 
     reached = STAGES.index(args.until)
     views = heldout_truth(capture)
-    metrics = {"capture": {"lighting": args.lighting, "specular": args.specular, "size": args.size,
+    metrics = {"capture": {"lighting": args.lighting, "specular": args.specular, "shadows": args.shadows, "size": args.size,
                            "train": args.train, "heldout": args.heldout},
                "profile": args.profile, "costs": stage_costs(workdir),
                "geometry_stage": {k: v for k, v in json.loads((workdir / "geometry" / "metrics.json").read_text()).items()

@@ -1,16 +1,19 @@
 """Stage 5, normals: surface normals from the density field by 3-D Sobel filtering.
 
-Inputs   geometry/ (the trained field and occupancy grid), poses/ (cameras), masks/.
+Inputs   geometry/ (the trained field, occupancy grid and cameras.json, whose mask_path entries
+         lead to the masks), poses/.
 Method   (NeROIC) evaluate the density on grids over the object's box, tightening the box at
          each resolution to 1.2x the extent of the cells with density > `tighten_threshold`;
          remap s' = -(1/a) exp(-a s) so the huge densities inside the object stop dominating;
          correlate with the smoothed Sobel-like 5x5x5 kernel K(d) = -d/|d|^2 (one per axis),
          which gives -grad s'; the normal is that, normalised (it points out of the object).
-         Then for every training pixel, the volume-rendered sum of grid normals along its ray
-         is the target the material stage fits.
+         Then for every pixel inside a photo's mask (grown by 2 px), the volume-rendered sum of
+         grid normals along its ray, marched front to back until opaque, is the target the
+         material stage fits.
 Outputs  normals/normal_grid.npz   {normals [G,G,G,3] float16 world unit vectors (axis 0 = x),
                                     density [G,G,G] float32, aabb_min [3], aabb_max [3]}
-         normals/views/<stem>.npz  {normal [H,W,3] float16 world, alpha [H,W] float16}
+         normals/views/<stem>.npz  {normal [H,W,3] float16 world, alpha [H,W] float16; zero
+                                    outside the grown mask}
          normals/preview.png       rendered normals of a few photos beside the photos
 Config   [normals] resolution, tighten_resolutions, tighten_threshold, remap_a.
 Cache    reruns when geometry, poses or the config change.
@@ -20,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+MASK_MARGIN_PX = 2  # views are rendered inside the masks grown by this much
 
 
 def sobel_kernels(radius: int = 2) -> Tensor:
@@ -104,20 +109,20 @@ def render_grid_normals(density: Tensor, normals: Tensor, aabb_min: Tensor, aabb
     """Volume-render the normal grid along rays [R, 3]: (normal [R, 3] unit, alpha [R], depth [R]).
 
     Weights come from the density grid (the field sampled on it), marched through the occupancy
-    grid; each pixel's normal is the weight-sum of grid normals, renormalised.
+    grid and stopped where a ray turns opaque; each pixel's normal is the weight-sum of grid
+    normals, renormalised.
     """
-    from stages.field.rendering import composite, nerfw_weights
-    from stages.field.sampling import march_rays
+    from stages.field.rendering import render_front_to_back
+
+    def density_and_normal(part):
+        return (sample_grid(density[..., None], part.positions, aabb_min, aabb_max)[:, 0],
+                sample_grid(normals, part.positions, aabb_min, aabb_max))
 
     outs = [], [], []
     for start in range(0, origins.shape[0], chunk):
-        o, d = origins[start:start + chunk], directions[start:start + chunk]
-        s = march_rays(o, d, grid, step_size, jitter=False)
-        sigma = sample_grid(density[..., None], s.positions, aabb_min, aabb_max)[:, 0]
-        w, _ = nerfw_weights(sigma, s.deltas, s.ray_idx, s.n_rays)
-        n = composite(w, sample_grid(normals, s.positions, aabb_min, aabb_max), s.ray_idx, s.n_rays)
-        acc = composite(w, torch.ones_like(w), s.ray_idx, s.n_rays)
-        depth = composite(w, s.t, s.ray_idx, s.n_rays) / acc.clamp(min=1e-6)
+        acc, n, depth = render_front_to_back(origins[start:start + chunk], directions[start:start + chunk], grid,
+                                             step_size, density_and_normal)
+        depth = depth / acc.clamp(min=1e-6)
         outs[0].append(F.normalize(n, dim=-1, eps=1e-12))
         outs[1].append(acc)
         outs[2].append(depth)
@@ -138,7 +143,9 @@ def run(ctx):
     from pipeline.errors import NeroicError
     from stages.common.images import read_rgb, write_png
     from stages.common.sheets import contact_sheet
-    from stages.field.trained import load_trained_field
+    from scipy.ndimage import binary_dilation
+
+    from stages.field.trained import frame_masks, load_trained_field
 
     cfg, device = ctx.config, ctx.device
     trained = load_trained_field(ctx.input("geometry"), device)
@@ -163,12 +170,15 @@ def run(ctx):
     ingest = ctx.input("ingest")
     tiles, labels = [], []
     cams = trained.cameras
+    masks = frame_masks(ctx.input("geometry"), trained.frames)
     for view in ctx.progress(range(len(trained.frames)), desc="rendering normals", unit="photo"):
         w, h = (int(v) for v in cams.size[view].tolist())
-        py, px = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-        origins, dirs = cams.rays(torch.full((h * w,), view, device=device), px.reshape(-1), py.reshape(-1))
-        normal, alpha, _ = render_grid_normals(density, normals, lo, hi, grid, origins, dirs, trained.step_size)
-        normal, alpha = normal.view(h, w, 3), alpha.view(h, w)
+        inside = binary_dilation(masks[view], iterations=MASK_MARGIN_PX)  # only the object's pixels are targets
+        py, px = (torch.from_numpy(a).to(device) for a in np.nonzero(inside))
+        origins, dirs = cams.rays(torch.full(px.shape, view, device=device), px, py)
+        normal_px, alpha_px, _ = render_grid_normals(density, normals, lo, hi, grid, origins, dirs, trained.step_size)
+        normal, alpha = torch.zeros(h, w, 3, device=device), torch.zeros(h, w, device=device)
+        normal[py, px], alpha[py, px] = normal_px, alpha_px
         stem = trained.frames[view].stem
         np.savez_compressed(ctx.out / "views" / f"{stem}.npz", normal=normal.cpu().numpy().astype(np.float16),
                             alpha=alpha.cpu().numpy().astype(np.float16))

@@ -181,3 +181,7 @@ def test_lit_sphere():
     light[3] = 1.0
     image, alpha = render_lit_sphere(torch.from_numpy(light), 32)
     assert image[16, 24].mean() > 2.0 * image[16, 8].mean()
+    # Seen by a camera on +X looking back at the sphere, that light faces the viewer.
+    camera_on_x = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # columns: its x, y, z axes
+    seen, _ = render_lit_sphere(light, 32, rotation=camera_on_x)
+    assert seen[16, 16].mean() > 2.0 * image[16, 16].mean()

@@ -247,8 +247,11 @@ def random_sh_light(
     return coeffs
 
 
-def render_lit_sphere(coeffs, size: int, albedo: Sequence[float] = (0.8, 0.8, 0.8)) -> tuple[np.ndarray, np.ndarray]:
-    """A Lambertian sphere lit by the light, seen orthographically from +Z with +Y up.
+def render_lit_sphere(coeffs, size: int, albedo: Sequence[float] = (0.8, 0.8, 0.8),
+                      rotation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A Lambertian sphere lit by the light, seen orthographically from +Z with +Y up, or by a
+    camera whose camera-to-world rotation [3, 3] (OpenGL axes) is `rotation`: the hemisphere of
+    the light that camera's photo shows.
 
     coeffs [9, 3] (numpy or torch) linear RGB; albedo linear RGB. Returns (image [size, size, 3]
     linear RGB, unclipped, zero outside the disc; alpha [size, size] in [0, 1], anti-aliased edge).
@@ -260,6 +263,8 @@ def render_lit_sphere(coeffs, size: int, albedo: Sequence[float] = (0.8, 0.8, 0.
     alpha = np.clip((1.0 - r) * size / 2.0 + 0.5, 0.0, 1.0)
     z = np.sqrt(np.clip(1.0 - r * r, 0.0, None))
     normals = np.stack([x, y, z], axis=-1) / np.maximum(r, 1.0)[..., None]
+    if rotation is not None:
+        normals = normals @ np.asarray(rotation, dtype=np.float64).T
     irradiance = sh_irradiance(c, torch.from_numpy(normals)).numpy()
     image = np.asarray(albedo, dtype=np.float64) / math.pi * irradiance * (alpha > 0)[..., None]
     return image, alpha

@@ -67,28 +67,6 @@ from pipeline.context import StageContext
 from pipeline.errors import NeroicError
 
 
-def _masks_of(geometry_dir: Path, frames) -> list[np.ndarray]:
-    """Each frame's mask [H, W] bool at the frame's size, found through its mask_path."""
-    from stages.common.images import read_mask, resize
-
-    masks = []
-    for frame in frames:
-        if not frame.mask_path:
-            raise NeroicError(f"camera {frame.stem} in {geometry_dir / 'cameras.json'} has no mask_path",
-                              hint="rerun the geometry stage")
-        path = (geometry_dir / frame.mask_path).resolve()
-        meta = path.parent / "masks.json"
-        threshold = json.loads(meta.read_text(encoding="utf-8")).get("threshold", 128) if meta.exists() else 128
-        try:
-            mask = read_mask(path)
-        except OSError as e:
-            raise NeroicError(f"cannot read the mask of {frame.stem}: {e}", hint="rerun the masks stage") from None
-        if mask.shape != (frame.h, frame.w):
-            mask = resize(mask, (frame.w, frame.h))
-        masks.append(mask >= threshold)
-    return masks
-
-
 def _material_function(material_dir: Path, device: str):
     """The material stage's field as bake.MaterialFn (numpy in, numpy out)."""
     import torch
@@ -164,7 +142,7 @@ def run(ctx: StageContext) -> dict:
     from stages.export.uv_atlas import unwrap
     from stages.export.validate import ToolMissing, screenshot_glb, validate_gltf
     from stages.export.visibility import depth_maps, hidden_from_cameras
-    from stages.field.trained import load_trained_field
+    from stages.field.trained import frame_masks, load_trained_field
 
     cfg = ctx.config
     geometry_dir, material_dir, poses_dir = ctx.input("geometry"), ctx.input("material"), ctx.input("poses")
@@ -189,7 +167,7 @@ def run(ctx: StageContext) -> dict:
     lap("density")
 
     frames = trained.frames
-    masks = _masks_of(geometry_dir, frames)
+    masks = frame_masks(geometry_dir, frames)
     inside_hull = _hull_function(trained.grid)
     depths = depth_maps(density, lo, hi, frames, int(cfg["visibility_size"]), float(cfg["visibility_opacity"]))
     hidden = hidden_from_cameras(density, lo, hi, depths)

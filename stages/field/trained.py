@@ -16,6 +16,7 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,3 +91,26 @@ def load_trained_field(folder: Path, device: str | torch.device = "cpu") -> Trai
     frames = read_transforms(folder / "cameras.json", roots=[folder.parent])
     return TrainedField(field, grid, Cameras.from_frames(frames).to(device), frames, list(meta["train_stems"]),
                         float(meta["step_size"]))
+
+
+def frame_masks(geometry_dir: Path, frames: list[Frame]) -> list[np.ndarray]:
+    """Each frame's mask [H, W] bool at the frame's size, found through its mask_path (the
+    geometry stage's cameras.json keeps one per photo)."""
+    from stages.common.images import read_mask, resize
+
+    masks = []
+    for frame in frames:
+        if not frame.mask_path:
+            raise NeroicError(f"camera {frame.stem} in {geometry_dir / 'cameras.json'} has no mask_path",
+                              hint="rerun the geometry stage")
+        path = (geometry_dir / frame.mask_path).resolve()
+        meta = path.parent / "masks.json"
+        threshold = json.loads(meta.read_text(encoding="utf-8")).get("threshold", 128) if meta.exists() else 128
+        try:
+            mask = read_mask(path)
+        except OSError as e:
+            raise NeroicError(f"cannot read the mask of {frame.stem}: {e}", hint="rerun the masks stage") from None
+        if mask.shape != (frame.h, frame.w):
+            mask = resize(mask, (frame.w, frame.h))
+        masks.append(mask >= threshold)
+    return masks

@@ -22,8 +22,9 @@ Outputs  material/lighting.json   one light per training photo (method.md format
                                   linear RGB, specular [N], glossiness [N], refined normal [N,3]
          material/losses.png      loss terms and training PSNR against step
          material/contact_sheet.png  per photo: original, re-rendered, albedo, shading (irradiance /
-                                  pi), refined normals, a sphere lit by the photo's light (shading
-                                  and sphere exposure-normalised; all tiles sRGB)
+                                  pi), refined normals, a sphere lit by the photo's light and
+                                  seen from its camera (shading and sphere exposure-normalised;
+                                  all tiles sRGB)
          material/metrics.json    timings, pixel counts, final losses, curves
 Config   [material] (defaults; `preview` / `quality` profile values in brackets):
          steps 1000 [1000 / 3000]        training steps
@@ -144,15 +145,17 @@ def _exposed(linear: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def photo_tiles(field: MaterialField, coeffs: torch.Tensor, direction: torch.Tensor, surface: SurfacePixels,
-                photo: np.ndarray, density: DensityGrid | None, shadow_steps: int) -> list[np.ndarray]:
+                photo: np.ndarray, density: DensityGrid | None, shadow_steps: int,
+                rotation: np.ndarray | None = None) -> list[np.ndarray]:
     """Contact-sheet tiles [H, W, 3] uint8 of one photo: original, re-rendered, albedo, shading,
     normals, lit sphere. coeffs [9, 3]: the photo's light; direction [3]: its dominant direction;
-    `surface` holds that photo's pixels only (image index 0)."""
+    `surface` holds that photo's pixels only (image index 0); rotation [3, 3]: the photo's
+    camera-to-world rotation, so the sphere is seen as the object is in the photo."""
     index = torch.arange(len(surface), device=surface.positions.device)
     material, shading, _ = render_surface(field, None, surface, index, density, shadow_steps,
                                           directions=direction[None], coeffs=coeffs.expand(len(surface), 9, 3))
     normals_u8 = (surface.paint(0, (material.normal + 1.0) / 2.0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    sphere, alpha = render_lit_sphere(coeffs, photo.shape[0])
+    sphere, alpha = render_lit_sphere(coeffs, photo.shape[0], rotation=rotation)
     return [photo, _srgb_u8(surface.paint(0, shading.rgb)), _srgb_u8(surface.paint(0, material.albedo)),
             _srgb_u8(_exposed(surface.paint(0, shading.irradiance / math.pi))), normals_u8,
             _srgb_u8(_exposed(torch.from_numpy(sphere * alpha[..., None])))]
@@ -233,7 +236,7 @@ def run(ctx: StageContext) -> dict:
         whole = surface_from_field(geometry.field, geometry.grid, cameras.subset([j]), geometry.step_size,
                                    [masks[j]], [images[j]], [normal_targets[j]], float(cfg["min_acc"]))
         tiles += photo_tiles(field, lights.coeffs.detach()[j], directions[j], whole, images[j], shadow_grid,
-                             int(cfg["shadow_steps"]))
+                             int(cfg["shadow_steps"]), rotation=geometry.frames[views[j]].c2w[:3, :3])
         labels += [f"{stems[j]} photo", "re-rendered", "albedo", "shading", "normals", "light"]
     write_png(out / "contact_sheet.png", contact_sheet(tiles, labels, columns=6))
 

@@ -8,7 +8,10 @@ On a synthetic capture whose held-out photos each have a NEW light:
   photos;
 - albedo PSNR: the albedo at the held-out views' surface points against the true albedo;
 - lit-sphere PSNR: a Lambertian sphere lit by each learned training light against the same
-  sphere lit by the true light, averaged over the training photos.
+  sphere lit by the true light, averaged over the training photos. The sphere is seen from that
+  photo's camera: a photo shows its object under the half of its light that faces the camera,
+  and only that half can be learned from it (the other half is extrapolated by the SH's
+  smoothness). `sphere_psnr_front` sees every sphere from +Z instead, for comparison.
 Albedo and light are only known up to a scale per channel (doubling the albedo and halving the
 light gives the same photos), so each comparison first fits that scale: one factor per channel,
 least squares in linear RGB over all compared pixels (relit: over all held-out pixels; albedo:
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stages.common.cameras import read_transforms
 from stages.common.sh import read_lighting, render_lit_sphere, sh_dominant_direction
 from stages.material.ground_truth import read_gt_albedo, surface_from_capture
 from stages.material.material_field import MaterialField
@@ -41,6 +45,7 @@ class RelightingMetrics:
     relit_psnr: float
     albedo_psnr: float
     sphere_psnr: float
+    sphere_psnr_front: float
     relit_scale: list[float]
     albedo_scale: list[float]
     sphere_psnrs: list[float]
@@ -48,7 +53,7 @@ class RelightingMetrics:
 
     def summary(self) -> dict:
         return {"relit_psnr": self.relit_psnr, "albedo_psnr": self.albedo_psnr, "sphere_psnr": self.sphere_psnr,
-                "relit_scale": self.relit_scale, "albedo_scale": self.albedo_scale}
+                "sphere_psnr_front": self.sphere_psnr_front, "relit_scale": self.relit_scale, "albedo_scale": self.albedo_scale}
 
 
 def fit_channel_scale(prediction: Tensor, truth: Tensor) -> Tensor:
@@ -62,10 +67,11 @@ def srgb_psnr(prediction_linear: Tensor, truth_linear: Tensor) -> float:
     return float(-10.0 * torch.log10(mse.clamp(min=1e-20)))
 
 
-def lit_sphere_psnr(learned: np.ndarray, truth: np.ndarray, size: int = 64) -> float:
-    """PSNR over the disc of two spheres lit by lights [9, 3] (linear RGB) and encoded to sRGB."""
-    a, alpha = render_lit_sphere(learned, size)
-    b, _ = render_lit_sphere(truth, size)
+def lit_sphere_psnr(learned: np.ndarray, truth: np.ndarray, size: int = 64, rotation: np.ndarray | None = None) -> float:
+    """PSNR over the disc of two spheres lit by lights [9, 3] (linear RGB) and encoded to sRGB, seen
+    from +Z or by a camera with camera-to-world rotation [3, 3]."""
+    a, alpha = render_lit_sphere(learned, size, rotation=rotation)
+    b, _ = render_lit_sphere(truth, size, rotation=rotation)
     disc = torch.from_numpy(alpha > 0)
     return srgb_psnr(torch.from_numpy(a)[disc], torch.from_numpy(b)[disc])
 
@@ -74,13 +80,14 @@ def lit_sphere_psnr(learned: np.ndarray, truth: np.ndarray, size: int = 64) -> f
 def evaluate_relighting(field: MaterialField, learned_lights: np.ndarray, heldout: SurfacePixels,
                         new_lights: np.ndarray, true_albedo: list[np.ndarray], true_lights: np.ndarray,
                         density: DensityGrid | None = None, shadow_steps: int = 48,
-                        keep_images: bool = True) -> RelightingMetrics:
+                        keep_images: bool = True, light_views: np.ndarray | None = None) -> RelightingMetrics:
     """The three measures.
 
     learned_lights, true_lights [P, 9, 3]: the training photos' lights (linear RGB); heldout: the
     held-out views' surface pixels with their photos' colours; new_lights [Q, 9, 3]: the true light
     of each held-out view; true_albedo: [H, W, 3] linear per held-out view; density: for cast
-    shadows towards each new light's dominant direction (None: no shadows).
+    shadows towards each new light's dominant direction (None: no shadows); light_views [P, 3, 3]:
+    the training photos' camera-to-world rotations, from which their lit spheres are seen.
     """
     device = heldout.positions.device
     material = field(heldout.positions, heldout.normals)
@@ -104,7 +111,10 @@ def evaluate_relighting(field: MaterialField, learned_lights: np.ndarray, heldou
     albedo_psnr = srgb_psnr(material.albedo * albedo_scale, truth)
 
     light_scale = albedo_scale.double().cpu().numpy()
-    sphere = [lit_sphere_psnr(np.asarray(l) / light_scale, np.asarray(t)) for l, t in zip(learned_lights, true_lights)]
+    views = light_views if light_views is not None else [None] * len(true_lights)
+    sphere = [lit_sphere_psnr(np.asarray(l) / light_scale, np.asarray(t), rotation=r)
+              for l, t, r in zip(learned_lights, true_lights, views)]
+    front = [lit_sphere_psnr(np.asarray(l) / light_scale, np.asarray(t)) for l, t in zip(learned_lights, true_lights)]
 
     images: dict[str, list[np.ndarray]] = {}
     if keep_images:
@@ -112,7 +122,7 @@ def evaluate_relighting(field: MaterialField, learned_lights: np.ndarray, heldou
                   "albedo": linear_to_srgb(material.albedo * albedo_scale), "true_albedo": linear_to_srgb(truth)}
         images = {name: [heldout.paint(v, values).cpu().numpy() for v in range(heldout.n_photos)]
                   for name, values in layers.items()}
-    return RelightingMetrics(relit_psnr, albedo_psnr, float(np.mean(sphere)), relit_scale.tolist(),
+    return RelightingMetrics(relit_psnr, albedo_psnr, float(np.mean(sphere)), float(np.mean(front)), relit_scale.tolist(),
                              albedo_scale.tolist(), sphere, images)
 
 
@@ -132,10 +142,11 @@ def evaluate_capture(field: MaterialField, learned_lights: dict[str, np.ndarray]
         heldout = surface_from_capture(capture_dir, "test", min_alpha=min_alpha, device=device)
     new_lights = np.stack([c for _, c in read_lighting(capture_dir / "lighting_test.json")])
     learned = {Path(k).stem: np.asarray(v, dtype=np.float64) for k, v in learned_lights.items()}
-    pairs = [(learned[Path(fp).stem], c) for fp, c in read_lighting(capture_dir / "lighting.json")
-             if Path(fp).stem in learned]
-    if not pairs:
+    rotation = {f.stem: f.c2w[:3, :3] for f in read_transforms(capture_dir / "transforms.json")}
+    triples = [(learned[Path(fp).stem], c, rotation[Path(fp).stem])
+               for fp, c in read_lighting(capture_dir / "lighting.json") if Path(fp).stem in learned]
+    if not triples:
         raise ValueError("none of the learned lights belongs to a training photo of the capture")
-    return evaluate_relighting(field, np.stack([p[0] for p in pairs]), heldout, new_lights,
-                               read_gt_albedo(capture_dir, "test"), np.stack([p[1] for p in pairs]), density,
-                               keep_images=keep_images)
+    mine, truth, views = (np.stack(column) for column in zip(*triples))
+    return evaluate_relighting(field, mine, heldout, new_lights, read_gt_albedo(capture_dir, "test"), truth,
+                               density, keep_images=keep_images, light_views=views)

@@ -22,8 +22,7 @@ from torch import Tensor
 from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid
 from stages.field.rays import Cameras
-from stages.field.rendering import composite, nerfw_weights
-from stages.field.sampling import march_rays
+from stages.field.rendering import render_front_to_back
 
 
 @dataclass
@@ -87,27 +86,20 @@ def pixel_rays(cameras: Cameras, view: int, px: Tensor, py: Tensor) -> tuple[Ten
 
 @torch.no_grad()
 def expected_surface(field: NerfWField, grid: OccupancyGrid, origins: Tensor, directions: Tensor,
-                     step_size: float, max_samples_per_ray: int = 48, chunk: int = 1 << 13) -> tuple[Tensor, Tensor]:
+                     step_size: float, chunk: int = 1 << 14) -> tuple[Tensor, Tensor]:
     """Density-only volume rendering of rays [R, 3]: (opacity acc [R], expected distance t [R] / acc).
 
-    Only each ray's first `max_samples_per_ray` samples in occupied cells are evaluated: on a
-    trained occupancy grid the surface lies among them, and what lies behind it is hidden. The
-    distance is normalised by the opacity so it is a point on the surface, not pulled towards the
-    camera where the ray is not fully opaque.
+    Rays stop once opaque (render_front_to_back), so what lies behind the surface costs nothing.
+    The distance is normalised by the opacity so it is a point on the surface, not pulled
+    towards the camera where the ray is not fully opaque.
     """
+    def density_only(part):
+        return field.density(part.positions)[0], part.t.new_zeros(part.t.shape[0], 0)
+
     accs, depths = [], []
     for start in range(0, origins.shape[0], chunk):
-        o, d = origins[start:start + chunk], directions[start:start + chunk]
-        n = o.shape[0]
-        samples = march_rays(o, d, grid, step_size, jitter=False)
-        counts = torch.bincount(samples.ray_idx, minlength=n)
-        first = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(samples.ray_idx.shape[0], device=o.device) - first[samples.ray_idx]
-        samples = samples.select(rank < max_samples_per_ray)
-        sigma, _ = field.density(samples.positions)
-        w, _ = nerfw_weights(sigma, samples.deltas, samples.ray_idx, n)
-        acc = composite(w, torch.ones_like(w), samples.ray_idx, n)
-        depth = composite(w, samples.t, samples.ray_idx, n)
+        acc, _, depth = render_front_to_back(origins[start:start + chunk], directions[start:start + chunk], grid,
+                                             step_size, density_only)
         accs.append(acc)
         depths.append(depth / acc.clamp(min=1e-6))
     return torch.cat(accs), torch.cat(depths)
