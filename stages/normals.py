@@ -15,7 +15,8 @@ Outputs  normals/normal_grid.npz   {normals [G,G,G,3] float16 world unit vectors
          normals/views/<stem>.npz  {normal [H,W,3] float16 world, alpha [H,W] float16; zero
                                     outside the grown mask}
          normals/preview.png       rendered normals of a few photos beside the photos
-Config   [normals] resolution, tighten_resolutions, tighten_threshold, remap_a.
+Config   [normals] resolution, tighten_resolutions, tighten_threshold, remap_a, view_max_size
+         (targets rendered at most this many pixels across, upsampled), preview_photos.
 Cache    reruns when geometry, poses or the config change.
 """
 from __future__ import annotations
@@ -129,6 +130,39 @@ def render_grid_normals(density: Tensor, normals: Tensor, aabb_min: Tensor, aabb
     return tuple(torch.cat(o) for o in outs)
 
 
+def render_view_normals(density: Tensor, normals: Tensor, aabb_min: Tensor, aabb_max: Tensor, grid, frame,
+                        mask, step_size: float, max_size: int = 0) -> tuple[Tensor, Tensor]:
+    """A photo's per-pixel normal targets: (normal [H, W, 3], alpha [H, W]), zero outside its mask
+    grown by MASK_MARGIN_PX. Rendered at most `max_size` pixels across (0: every pixel) and
+    upsampled bilinearly: the normal grid is much coarser than a large photo's pixels."""
+    import numpy as np
+    from scipy.ndimage import binary_dilation
+
+    from stages.common.images import resize
+    from stages.field.rays import Cameras
+
+    device = density.device
+    h, w = frame.h, frame.w
+    inside = binary_dilation(mask, iterations=MASK_MARGIN_PX)
+    small, small_inside = frame, inside
+    if max_size and max(w, h) > max_size:
+        scale = max_size / max(w, h)
+        small = frame.scaled(max(1, round(w * scale)), max(1, round(h * scale)))
+        small_inside = binary_dilation(resize(inside.astype(np.uint8) * 255, (small.w, small.h)) > 0, iterations=1)
+    py, px = (torch.from_numpy(a).to(device) for a in np.nonzero(small_inside))
+    origins, dirs = Cameras.from_frames([small]).to(device).rays(torch.zeros_like(px), px, py)
+    normal_px, alpha_px, _ = render_grid_normals(density, normals, aabb_min, aabb_max, grid, origins, dirs, step_size)
+    normal = torch.zeros(small.h, small.w, 3, device=device)
+    alpha = torch.zeros(small.h, small.w, device=device)
+    normal[py, px], alpha[py, px] = normal_px, alpha_px
+    if small is not frame:
+        both = F.interpolate(torch.cat([normal, alpha[..., None]], -1).permute(2, 0, 1)[None], size=(h, w),
+                             mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+        normal, alpha = F.normalize(both[..., :3], dim=-1, eps=1e-12), both[..., 3]
+    keep = torch.from_numpy(inside).to(device)
+    return normal * keep[..., None], alpha * keep
+
+
 def normal_to_rgb(normal: Tensor, alpha: Tensor) -> Tensor:
     """World normals [H, W, 3] and alpha [H, W] -> uint8 [H, W, 3] ((n+1)/2 on grey background)."""
     rgb = (normal + 1) / 2 * alpha[..., None] + 0.5 * (1 - alpha[..., None])
@@ -143,8 +177,6 @@ def run(ctx):
     from pipeline.errors import NeroicError
     from stages.common.images import read_rgb, write_png
     from stages.common.sheets import contact_sheet
-    from scipy.ndimage import binary_dilation
-
     from stages.field.trained import frame_masks, load_trained_field
 
     cfg, device = ctx.config, ctx.device
@@ -169,17 +201,12 @@ def run(ctx):
     (ctx.out / "views").mkdir()
     ingest = ctx.input("ingest")
     tiles, labels = [], []
-    cams = trained.cameras
     masks = frame_masks(ctx.input("geometry"), trained.frames)
     for view in ctx.progress(range(len(trained.frames)), desc="rendering normals", unit="photo"):
-        w, h = (int(v) for v in cams.size[view].tolist())
-        inside = binary_dilation(masks[view], iterations=MASK_MARGIN_PX)  # only the object's pixels are targets
-        py, px = (torch.from_numpy(a).to(device) for a in np.nonzero(inside))
-        origins, dirs = cams.rays(torch.full(px.shape, view, device=device), px, py)
-        normal_px, alpha_px, _ = render_grid_normals(density, normals, lo, hi, grid, origins, dirs, trained.step_size)
-        normal, alpha = torch.zeros(h, w, 3, device=device), torch.zeros(h, w, device=device)
-        normal[py, px], alpha[py, px] = normal_px, alpha_px
-        stem = trained.frames[view].stem
+        frame = trained.frames[view]
+        normal, alpha = render_view_normals(density, normals, lo, hi, grid, frame, masks[view], trained.step_size,
+                                            int(cfg["view_max_size"]))
+        stem = frame.stem
         np.savez_compressed(ctx.out / "views" / f"{stem}.npz", normal=normal.cpu().numpy().astype(np.float16),
                             alpha=alpha.cpu().numpy().astype(np.float16))
         if len(tiles) < 2 * cfg["preview_photos"]:

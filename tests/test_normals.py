@@ -46,3 +46,35 @@ def test_sample_grid_matches_values_at_cell_centres_and_axis_order():
     mid = sample_grid(values, torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([-1.0] * 3), torch.tensor([1.0] * 3))
     assert torch.allclose(mid[0, :3], torch.zeros(3), atol=1e-6)
     assert not math.isnan(float(mid.sum()))
+
+
+def test_view_targets_of_a_ball_match_its_normals_rendered_whole_or_downsized():
+    import numpy as np
+
+    from stages.common.cameras import Frame
+    from stages.field.occupancy import OccupancyGrid
+    from stages.normals import render_view_normals
+
+    res = 48
+    p = _grid(res)
+    r = p.norm(dim=-1)
+    density = 200 * torch.sigmoid((0.5 - r) * 60)
+    normals = sobel_normals(density, torch.full((3,), 2 / res), a=0.1)
+    lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+    grid = OccupancyGrid(lo, hi, torch.ones(32, 32, 32, dtype=torch.bool))
+    c2w = np.eye(4)
+    c2w[2, 3] = 3.0  # on +Z, looking down -Z at the ball
+    frame = Frame(stem="v", c2w=c2w, fl_x=120.0, fl_y=120.0, cx=48.0, cy=40.0, w=96, h=80, file_path="v.png")
+    ys, xs = np.mgrid[0:80, 0:96]
+    ball = np.hypot(xs + 0.5 - 48, ys + 0.5 - 40) < 120 * 0.5 / np.sqrt(3.0**2 - 0.25) - 1  # its silhouette
+    whole, alpha = render_view_normals(density, normals, lo, hi, grid, frame, ball, 2 / 64)
+    small, small_alpha = render_view_normals(density, normals, lo, hi, grid, frame, ball, 2 / 64, max_size=48)
+    from scipy.ndimage import binary_dilation
+
+    outside = ~torch.from_numpy(binary_dilation(ball, iterations=2))
+    assert float(alpha[outside].abs().max()) == 0.0 and float(small_alpha[outside].abs().max()) == 0.0
+    assert float(alpha[40, 48]) > 0.99 and float(small_alpha[40, 48]) > 0.99
+    assert torch.allclose(whole[40, 48], torch.tensor([0.0, 0.0, 1.0]), atol=0.02)  # faces the camera
+    inside = torch.from_numpy(ball) & (alpha > 0.99) & (small_alpha > 0.99)
+    angles = torch.rad2deg(torch.acos((whole[inside] * small[inside]).sum(-1).clamp(-1, 1)))
+    assert angles.median() < 2.0, angles.median()

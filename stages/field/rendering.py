@@ -51,7 +51,7 @@ def nerfw_weights(sigma: Tensor, deltas: Tensor, ray_idx: Tensor, n_rays: int,
 
 
 def render_front_to_back(origins: Tensor, directions: Tensor, grid: OccupancyGrid, step_size: float,
-                         evaluate: Callable[[PackedSamples], tuple[Tensor, Tensor]], steps_per_pass: int = 48,
+                         evaluate: Callable[[PackedSamples], tuple[Tensor, Tensor]], steps_per_pass: int = 24,
                          opaque: float = 0.999) -> tuple[Tensor, Tensor, Tensor]:
     """Volume rendering of rays [R, 3] that marches `steps_per_pass` steps at a time, front to back,
     and drops each ray once it is opaque: inference on an opaque object then costs a few steps

@@ -29,7 +29,7 @@ Outputs  material/lighting.json   one light per training photo (method.md format
 Config   [material] (defaults; `preview` / `quality` profile values in brackets):
          steps 1000 [1000 / 3000]        training steps
          batch_size 8192 [8192 / 16384]  surface pixels per step
-         max_pixels_per_photo 20000 [20000 / 0]  surface pixels per photo (0: all)
+         max_pixels_per_photo 10000 [10000 / 0]  surface pixels per photo (0: all)
          max_seconds 0                   stop training after this long (0: no limit)
          lr 0.01, light_lr 0.05, lr_final_factor 0.05  Adam rates (field, lights), cosine decay;
                                          the lights need the higher rate, or the albedo absorbs
@@ -75,6 +75,7 @@ from stages.material.training import (MaterialTrainConfig, mean_linear_colour, r
 from stages.material.visibility import DensityGrid
 
 MIN_PHOTOS = 3
+SHEET_TILE_PX = 320  # contact-sheet photos are rendered at most this many pixels across
 
 
 def auto_max_resolution(surface: SurfacePixels, cameras: Cameras, box_extent: float) -> int:
@@ -118,6 +119,19 @@ def _load_normal_targets(folder: Path, stems: list[str]) -> list[np.ndarray]:
         except (OSError, ValueError, KeyError) as exc:
             raise NeroicError(f"cannot read the normal targets {path}: {exc}", hint="rerun the normals stage") from None
     return targets
+
+
+def _sheet_view(frame, photo: np.ndarray, mask: np.ndarray, target: np.ndarray) -> tuple:
+    """A photo's camera, photo, mask and normal targets shrunk to at most SHEET_TILE_PX across:
+    contact-sheet tiles are shown small, and rendering large photos whole costs minutes."""
+    h, w = photo.shape[:2]
+    if max(h, w) <= SHEET_TILE_PX:
+        return frame, photo, mask, target
+    scale = SHEET_TILE_PX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small_target = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(target)).permute(2, 0, 1)[None],
+                                                   size=size[::-1], mode="nearest")[0].permute(1, 2, 0).numpy()
+    return (frame.scaled(*size), resize(photo, size), resize(mask.astype(np.uint8) * 255, size) >= 128, small_target)
 
 
 def _train_config(cfg: dict) -> MaterialTrainConfig:
@@ -233,10 +247,11 @@ def run(ctx: StageContext) -> dict:
     directions = lights.dominant_directions()
     sheet_views = np.linspace(0, len(stems) - 1, min(int(cfg["contact_sheet_photos"]), len(stems))).round().astype(int)
     for j in sorted(set(sheet_views.tolist())):
-        whole = surface_from_field(geometry.field, geometry.grid, cameras.subset([j]), geometry.step_size,
-                                   [masks[j]], [images[j]], [normal_targets[j]], float(cfg["min_acc"]))
-        tiles += photo_tiles(field, lights.coeffs.detach()[j], directions[j], whole, images[j], shadow_grid,
-                             int(cfg["shadow_steps"]), rotation=geometry.frames[views[j]].c2w[:3, :3])
+        frame, photo, mask, target = _sheet_view(geometry.frames[views[j]], images[j], masks[j], normal_targets[j])
+        whole = surface_from_field(geometry.field, geometry.grid, Cameras.from_frames([frame]).to(device),
+                                   geometry.step_size, [mask], [photo], [target], float(cfg["min_acc"]))
+        tiles += photo_tiles(field, lights.coeffs.detach()[j], directions[j], whole, photo, shadow_grid,
+                             int(cfg["shadow_steps"]), rotation=frame.c2w[:3, :3])
         labels += [f"{stems[j]} photo", "re-rendered", "albedo", "shading", "normals", "light"]
     write_png(out / "contact_sheet.png", contact_sheet(tiles, labels, columns=6))
 
