@@ -10,9 +10,9 @@ Method   Every object pixel whose geometry ray is opaque (acc >= min_acc; silhou
          albedo / pi * E(n) + k_s * sh_specular(reflect(v, n), s) under the photo's own order-2 SH
          light, where cast shadows remove the light's directional part along the ray towards its
          dominant direction through the density grid (visibility.py), so shadows never enter the
-         albedo. Losses: sRGB colour, normals vs the normals stage (5), normal smoothness (0.5),
-         specular regulariser on the rendered specular term (it acts, unlike NeROIC's release),
-         light positivity (5). Cosine learning-rate decay.
+         albedo. Losses: sRGB colour, normals vs the normals stage (20), normal smoothness (0.5),
+         L1 albedo smoothness (0.05), specular regulariser on the rendered specular term (it
+         acts, unlike NeROIC's release), light positivity (5). Cosine learning-rate decay.
 Outputs  material/lighting.json   one light per training photo (method.md format: file_path of the
                                   photo, "sh" [[r, g, b] x 9] linear RGB radiance)
          material/material.pt     state dict of the material field (plain tensors)
@@ -27,7 +27,7 @@ Outputs  material/lighting.json   one light per training photo (method.md format
                                   all tiles sRGB)
          material/metrics.json    timings, pixel counts, final losses, curves
 Config   [material] (defaults; `preview` / `quality` profile values in brackets):
-         steps 1000 [1000 / 3000]        training steps
+         steps 500 [500 / 1000]          training steps (more fit the photos, and the albedo worse)
          batch_size 8192 [8192 / 16384]  surface pixels per step
          max_pixels_per_photo 10000 [10000 / 0]  surface pixels per photo (0: all)
          max_seconds 0                   stop training after this long (0: no limit)
@@ -40,10 +40,11 @@ Config   [material] (defaults; `preview` / `quality` profile values in brackets)
                                          footprint at the typical surface depth (a finer albedo than
                                          the photos resolve would fit each photo on its own)
          mlp_width 64, mlp_layers 2
-         normal_weight 5.0, smoothness_weight 0.5, specular_weight 0.01, positivity_weight 5.0
+         normal_weight 20.0, smoothness_weight 0.5, albedo_smoothness_weight 0.05,
+         specular_weight 0.01, positivity_weight 5.0
          shadows true, shadow_steps 32   cast shadows from the density grid
          min_acc 0.98                    opacity a pixel's ray needs to count as on the surface
-         contact_sheet_photos 8, checkpoint_every 500, seed 0
+         contact_sheet_photos 8, checkpoint_every 250, seed 0
 Checkpoints  training state every `checkpoint_every` steps and on Ctrl-C in ctx.checkpoints/train.pt
          (plain tensors, loaded with weights_only=True); a rerun with the same settings resumes.
 Failures NeroicError when the geometry or normals outputs are missing or unreadable, when fewer
@@ -140,6 +141,7 @@ def _train_config(cfg: dict) -> MaterialTrainConfig:
         light_lr=float(cfg["light_lr"]), lr_final_factor=float(cfg["lr_final_factor"]),
         coarse_to_fine=float(cfg["coarse_to_fine"]),
         normal_weight=float(cfg["normal_weight"]), smoothness_weight=float(cfg["smoothness_weight"]),
+        albedo_smoothness_weight=float(cfg["albedo_smoothness_weight"]),
         specular_weight=float(cfg["specular_weight"]), positivity_weight=float(cfg["positivity_weight"]),
         shadows=bool(cfg["shadows"]), shadow_steps=int(cfg["shadow_steps"]),
         checkpoint_every=int(cfg["checkpoint_every"]), max_seconds=float(cfg["max_seconds"]), seed=int(cfg["seed"]))
@@ -181,7 +183,7 @@ def _plot_losses(path: Path, curves: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for name in ("loss", "colour", "normal", "smoothness", "specular", "positivity"):
+    for name in ("loss", "colour", "normal", "smoothness", "albedo_smoothness", "specular", "positivity"):
         values = np.maximum(np.asarray(curves[name], dtype=np.float64), 1e-12)
         axes[0].plot(curves["step"], values, label=name)
     axes[0].set(xlabel="step", ylabel="value (unweighted terms)", yscale="log", title="material losses")

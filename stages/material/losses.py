@@ -25,6 +25,13 @@ def normal_smoothness(normals: Tensor, jittered_normals: Tensor) -> Tensor:
     return (normals - jittered_normals).square().sum(-1).mean()
 
 
+def albedo_smoothness(albedo: Tensor, jittered_albedo: Tensor) -> Tensor:
+    """Mean |a(x) - a(x + eps)| of linear albedos [N, 3] at points and slightly moved points: an L1
+    (edge-keeping) prior against the speckle the albedo otherwise grows to cancel the small bumps
+    of the learned geometry's shading."""
+    return (albedo - jittered_albedo).abs().mean()
+
+
 def specular_regulariser(specular_rgb: Tensor) -> Tensor:
     """Mean specular radiance [N, 3] (linear RGB, >= 0 where lit): makes the specular lobe pay for
     what it explains, so view-independent colour goes to the albedo.

@@ -24,8 +24,8 @@ import torch
 from stages.field.losses import psnr
 from stages.field.training import TrainResult, config_key, load_checkpoint, save_checkpoint
 from stages.material.lighting import PhotoLighting, positivity_directions
-from stages.material.losses import (colour_loss, light_positivity, normal_loss, normal_smoothness,
-                                    specular_regulariser)
+from stages.material.losses import (albedo_smoothness, colour_loss, light_positivity, normal_loss,
+                                    normal_smoothness, specular_regulariser)
 from stages.material.material_field import MaterialField
 from stages.common.colour import linear_to_srgb, srgb_to_linear
 from stages.material.shading import shade
@@ -47,6 +47,7 @@ class MaterialTrainConfig:
     lr_final_factor: float = 0.05  # cosine decay to lr * this at the last step
     normal_weight: float = 5.0
     smoothness_weight: float = 0.5
+    albedo_smoothness_weight: float = 0.0
     smoothness_fraction: float = 0.25  # share of the batch also queried at a jittered point
     smoothness_jitter: float = 0.01  # world units
     specular_weight: float = 0.01
@@ -123,7 +124,8 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     sphere = positivity_directions(cfg.positivity_directions, device)
-    names = ("step", "seconds", "loss", "colour", "normal", "smoothness", "specular", "positivity", "psnr")
+    names = ("step", "seconds", "loss", "colour", "normal", "smoothness", "albedo_smoothness", "specular", "positivity",
+             "psnr")
     curves: dict[str, list[float]] = {k: [] for k in names}
     step, elapsed, resumed_from = 0, 0.0, 0
 
@@ -173,7 +175,9 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             jitter = cfg.smoothness_jitter * torch.randn(n_smooth, 3, generator=generator, device=device)
             moved = field(surface.positions[sub] + jitter, surface.normals[sub])
             terms["smoothness"] = normal_smoothness(material.normal[:n_smooth], moved.normal)
+            terms["albedo_smoothness"] = albedo_smoothness(material.albedo[:n_smooth], moved.albedo)
             loss = (terms["colour"] + cfg.normal_weight * terms["normal"] + cfg.smoothness_weight * terms["smoothness"]
+                    + cfg.albedo_smoothness_weight * terms["albedo_smoothness"]
                     + cfg.specular_weight * terms["specular"] + cfg.positivity_weight * terms["positivity"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
