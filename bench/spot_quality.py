@@ -16,8 +16,9 @@ material stage only learns the training photos' lights). Then, on the held-out c
   material  relit / albedo / lit-sphere PSNR after the per-channel scale fit
             (stages/material/evaluation.py), at the surface the geometry stage found
   export    Chamfer distance from the GLB's mesh to the true mesh (% of the bounding-box
-            diagonal, 100k samples each way); the GLB rasterised under each held-out light
-            against its photo, PSNR after a per-channel scale fit over the true mask's pixels
+            diagonal, 100k samples each way); the GLB ray cast under each held-out light (with
+            shadow rays when the photos have cast shadows) against its photo, PSNR after a
+            per-channel scale fit over the true mask's pixels
 Each stage's wall time and peak memory come from its manifest. Results are printed and saved as
 OUT/metrics.json beside the capture and the workdir.
 """
@@ -145,7 +146,7 @@ def _write_material_sheet(path: Path, images: dict) -> None:
     write_png(path, (np.concatenate(rows, axis=0).clip(0, 1) * 255).round().astype(np.uint8))
 
 
-def export_metrics(workdir: Path, capture: Path, views) -> dict:
+def export_metrics(workdir: Path, capture: Path, views, shadows: bool) -> dict:
     from stages.export.gltf import read_glb
     from stages.export.mesh import Mesh, chamfer_distance
     from stages.export.preview import render_mesh_sh
@@ -162,7 +163,7 @@ def export_metrics(workdir: Path, capture: Path, views) -> dict:
     lights = [c for _, c in read_lighting(capture / "lighting_test.json")]
     rendered, photos = [], []
     for (frame, photo, alpha, _), light in zip(views, lights):
-        rgb, _ = render_mesh_sh(model, frame, light)
+        rgb, _ = render_mesh_sh(model, frame, light, shadows=shadows)
         inside = alpha > 0.5
         rendered.append(torch.from_numpy(rgb[inside]).double())
         photos.append(srgb_to_linear(torch.from_numpy(photo[inside]).double()))
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     if reached >= STAGES.index("material"):
         metrics["material"] = material_metrics(workdir, capture, views)
     if reached >= STAGES.index("export"):
-        metrics["export"] = export_metrics(workdir, capture, views)
+        metrics["export"] = export_metrics(workdir, capture, views, args.shadows)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
 

@@ -321,6 +321,15 @@ def test_relit_render_of_the_export_matches_the_true_model(spot, spot_glb):
     assert psnr > 32.0, psnr
     assert abs(alpha.mean() - truth["alpha"].mean()) < 0.01
 
+    # with shadow rays it matches the ground truth's cast shadows, and without them it cannot
+    shadowed, _ = render_mesh_sh(path, frame, light, shadows=True)
+    truth = SpotRenderer(spot, nthreads=1).render(c2w, 150.0, 128, light, shadows=True)
+    target = linear_to_srgb(truth["rgb"]) * truth["alpha"][..., None]
+    with_rays = -10 * math.log10(float(np.mean((linear_to_srgb(shadowed) * alpha[..., None] - target) ** 2)))
+    without = -10 * math.log10(float(np.mean((pred - target) ** 2)))
+    assert with_rays > 30.0 and with_rays > without + 0.5, (with_rays, without)
+    assert np.all(shadowed <= rgb + 1e-6)
+
 
 def test_roughness_from_glossiness_is_monotone_and_in_range():
     s = np.array([1.0, 5.0, 20.0, 100.0, 1e4])

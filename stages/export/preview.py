@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from stages.common.cameras import Frame, distort
-from stages.common.sh import sh_irradiance
+from stages.common.sh import sh_dominant_direction, sh_irradiance
 from stages.common.colour import srgb_to_linear
 from stages.export.bake import sample_texture
 from stages.export.gltf import GLBModel, read_glb
+from stages.material.shading import ambient_irradiance
 
 
 def undistort(xy_distorted: np.ndarray, frame: Frame, iterations: int = 10) -> np.ndarray:
@@ -81,8 +82,10 @@ def shading_normals(model: GLBModel, face: np.ndarray, bary: np.ndarray, uv: np.
 
 
 def render_mesh_sh(model: GLBModel | str | Path, frame: Frame, sh_light: np.ndarray,
-                   supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """The model seen by `frame` under SH light sh_light [9, 3] (linear RGB radiance).
+                   supersample: int = 2, shadows: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The model seen by `frame` under SH light sh_light [9, 3] (linear RGB radiance), Lambertian.
+    With `shadows`, a shadow ray from each hit towards the light's dominant direction decides
+    whether the light's directional part arrives (the pipeline's shadow model, shading.py).
 
     Returns (rgb [H, W, 3] float32 linear, straight (not premultiplied), 0 where empty;
     alpha [H, W] float32 coverage), each pixel the mean of supersample^2 rays.
@@ -105,7 +108,14 @@ def render_mesh_sh(model: GLBModel | str | Path, frame: Frame, sh_light: np.ndar
     uv = np.einsum("nk,nkc->nc", bary, model.uvs[model.faces[face]])
     albedo = srgb_to_linear(sample_texture(model.base_colour[..., :3], uv) / 255.0)
     normal = shading_normals(model, face, bary, uv)
-    irradiance = sh_irradiance(torch.from_numpy(np.asarray(sh_light, dtype=np.float64)), torch.from_numpy(normal)).numpy()
+    coeffs = torch.from_numpy(np.asarray(sh_light, dtype=np.float64))
+    irradiance = sh_irradiance(coeffs, torch.from_numpy(normal)).numpy()
+    if shadows:
+        towards = np.broadcast_to(sh_dominant_direction(np.asarray(sh_light, dtype=np.float64)), normal.shape)
+        points = origins[hit] + hits["t_hit"].numpy()[hit, None] * dirs[hit] + 1e-3 * normal
+        rays = o3d.core.Tensor(np.concatenate([points, towards], axis=1).astype(np.float32))
+        blocked = scene.test_occlusions(rays).numpy().astype(np.float64)[:, None]
+        irradiance = irradiance - blocked * np.maximum(irradiance - ambient_irradiance(coeffs).numpy(), 0.0)
     radiance = np.maximum(albedo / math.pi * irradiance, 0.0)
 
     ss, w, h = supersample, frame.w, frame.h
