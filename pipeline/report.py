@@ -34,7 +34,8 @@ SECTIONS = (
      "Photos not used for training, beside the field's renders of the same cameras."),
     ("Normals", "normals", ("preview.png",), "Volume-rendered Sobel normals."),
     ("Material and lights", "material", ("contact_sheet.png", "losses.png"),
-     "Per photo: original, re-rendered, albedo, shading, normals, and a sphere lit by its light."),
+     "Per photo: original, re-rendered, albedo, shading, normals, and a sphere lit by its light, seen from "
+     "its camera."),
     ("Exported model", "export", ("turntable*.png", "screenshot*.png"),
      "The exported GLB, rendered from around it."),
 )

@@ -27,6 +27,7 @@ Outputs  export/model.glb        glTF 2.0 binary: POSITION, NORMAL, TANGENT, TEX
          export/model.ply (geometry only) with `write_ply`
          export/textures/        base_colour.png (sRGB), metallic_roughness.png, normal.png
          export/turntable/NNN.png  `turntable_frames` views (sRGB, RGBA) under the mean light
+         export/turntable.png    the same views on one sheet (the report shows it)
          export/screenshot.png   three.js in headless Chromium (when chromium is installed), seen
                                  from the first photo's side
          export/export.json      threshold table, IoU per photo, mesh/atlas statistics, validator
@@ -134,6 +135,7 @@ def run(ctx: StageContext) -> dict:
     from stages.common.images import write_png
     from stages.common.sh import read_lighting
     from stages.common.colour import linear_to_srgb
+    from stages.common.sheets import contact_sheet
     from stages.export.bake import bake_textures, tangent_frames, to_uint8
     from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
     from stages.export.mesh import mesh_from_density, sample_density
@@ -245,10 +247,14 @@ def run(ctx: StageContext) -> dict:
         mean_light = np.mean([sh for _, sh in lights], axis=0)
         model = read_glb(glb_path)
         radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
+        tiles = []
         for k, frame in enumerate(turntable_frames(n_turn, int(cfg["turntable_size"]), 40.0, 3.0 * radius,
                                                    20.0, centre)):
             rgb, alpha = render_mesh_sh(model, frame, mean_light)
             write_png(out / "turntable" / f"{k:03d}.png", np.dstack([to_uint8(linear_to_srgb(rgb)), to_uint8(alpha)]))
+            tiles.append(to_uint8(linear_to_srgb(rgb) * alpha[..., None] + 0.25 * (1.0 - alpha[..., None])))
+        write_png(out / "turntable.png", contact_sheet(tiles, [f"{360 * k // n_turn} deg" for k in range(n_turn)],
+                                                      tile_height=int(cfg["turntable_size"]), columns=min(n_turn, 4)))
     lap("turntable")
     if cfg["screenshot"]:
         try:
