@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-TINY = ["--set", "geometry.steps=150", "--set", "geometry.max_seconds=60", "--set", "geometry.occupancy_resolution=64",
+TINY = ["--set", "geometry.steps=150", "--set", "geometry.max_seconds=0", "--set", "geometry.occupancy_resolution=64",
         "--set", "normals.resolution=64", "--set", "normals.tighten_resolutions=[48]",
         "--set", "material.steps=60", "--set", "material.max_pixels_per_photo=2000",
         "--set", "export.resolution=64", "--set", "export.texture_size=256", "--set", "export.face_budget=5000",
