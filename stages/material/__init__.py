@@ -11,8 +11,9 @@ Method   Every object pixel whose geometry ray is opaque (acc >= min_acc; silhou
          light, where cast shadows remove the light's directional part along the ray towards its
          dominant direction through the density grid (visibility.py), so shadows never enter the
          albedo. Losses: sRGB colour, normals vs the normals stage (20), normal smoothness (0.5),
-         L1 albedo smoothness (0.05), specular regulariser on the rendered specular term (it
-         acts, unlike NeROIC's release), light positivity (5). Cosine learning-rate decay.
+         L1 albedo smoothness (0.1), a specular regulariser against spatial variation of the
+         lobe (0.02; it acts, unlike NeROIC's release, and does not shrink the lobe), light
+         positivity (5). Learning rates warm up over 20 steps, then decay (cosine).
 Outputs  material/lighting.json   one light per training photo (method.md format: file_path of the
                                   photo, "sh" [[r, g, b] x 9] linear RGB radiance)
          material/material.pt     state dict of the material field (plain tensors)
@@ -40,8 +41,8 @@ Config   [material] (defaults; `preview` / `quality` profile values in brackets)
                                          footprint at the typical surface depth (a finer albedo than
                                          the photos resolve would fit each photo on its own)
          mlp_width 64, mlp_layers 2
-         normal_weight 20.0, smoothness_weight 0.5, albedo_smoothness_weight 0.05,
-         specular_weight 0.01, positivity_weight 5.0
+         normal_weight 20.0, smoothness_weight 0.5, albedo_smoothness_weight 0.1,
+         specular_weight 0.02, positivity_weight 5.0
          shadows true, shadow_steps 32   cast shadows from the density grid
          min_acc 0.98                    opacity a pixel's ray needs to count as on the surface
          contact_sheet_photos 8, checkpoint_every 250, seed 0

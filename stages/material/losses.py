@@ -32,15 +32,17 @@ def albedo_smoothness(albedo: Tensor, jittered_albedo: Tensor) -> Tensor:
     return (albedo - jittered_albedo).abs().mean()
 
 
-def specular_regulariser(specular_rgb: Tensor) -> Tensor:
-    """Mean specular radiance [N, 3] (linear RGB, >= 0 where lit): makes the specular lobe pay for
-    what it explains, so view-independent colour goes to the albedo.
+def specular_regulariser(specular: Tensor, glossiness: Tensor) -> Tensor:
+    """Mean absolute deviation of specular strength [N] and log-glossiness [N] from their batch means.
 
-    NeROIC's release applies its regulariser to a detached tensor, so it has no effect; this one
-    is taken on the rendered specular term itself and reaches the specular strength, the
-    glossiness and the lights through it.
+    An object is made of few materials, so its specular lobe varies little over the surface; a lobe
+    that changes from texel to texel would be explaining albedo texture. NeROIC's release applies
+    its regulariser to a detached tensor, so it has no effect. A penalty on the lobe's size (tried
+    first) biases the specular towards zero, and the missed highlights go into the albedo: on dark
+    albedo the lobe outshines the diffuse term, so dark patches came out twice too bright.
     """
-    return specular_rgb.abs().mean()
+    log_gloss = glossiness.log()
+    return (specular - specular.mean()).abs().mean() + 0.1 * (log_gloss - log_gloss.mean()).abs().mean()
 
 
 def light_positivity(negative_radiance: Tensor) -> Tensor:

@@ -45,12 +45,13 @@ class MaterialTrainConfig:
     lr: float = 1e-2  # material field (hash table and MLP)
     light_lr: float = 5e-2
     lr_final_factor: float = 0.05  # cosine decay to lr * this at the last step
+    warmup_steps: int = 20  # linear ramp of the rates at the start
     normal_weight: float = 5.0
     smoothness_weight: float = 0.5
     albedo_smoothness_weight: float = 0.0
     smoothness_fraction: float = 0.25  # share of the batch also queried at a jittered point
     smoothness_jitter: float = 0.01  # world units
-    specular_weight: float = 0.01
+    specular_weight: float = 0.02
     positivity_weight: float = 5.0
     positivity_directions: int = 128
     coarse_to_fine: float = 0.5  # share of the steps over which the hash levels are switched on
@@ -64,9 +65,12 @@ class MaterialTrainConfig:
 
 
 def _lr_factor(step: int, cfg: MaterialTrainConfig) -> float:
-    """Cosine decay from 1 to lr_final_factor over the run."""
+    """A linear warm-up, then cosine decay from 1 to lr_final_factor over the run. Without the
+    warm-up Adam's first full-size steps (every weight moves by lr at once) can switch off every
+    hidden unit of the head, and the material never leaves a constant grey."""
     progress = min(step / max(cfg.steps, 1), 1.0)
-    return cfg.lr_final_factor + (1.0 - cfg.lr_final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    warmup = min((step + 1) / cfg.warmup_steps, 1.0) if cfg.warmup_steps > 0 else 1.0
+    return warmup * (cfg.lr_final_factor + (1.0 - cfg.lr_final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def _active_levels(step: int, cfg: MaterialTrainConfig, n_levels: int) -> float:
@@ -168,7 +172,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             terms = {
                 "colour": colour_loss(rendered, target),
                 "normal": normal_loss(material.normal, surface.normals[index]),
-                "specular": specular_regulariser(shading.specular),
+                "specular": specular_regulariser(material.specular, material.glossiness),
                 "positivity": light_positivity(lights.negative_radiance(sphere)),
             }
             sub = index[:n_smooth]
