@@ -2,7 +2,7 @@
 
     field = MaterialField(aabb_min, aabb_max)
     m = field(positions, normals)          # positions [N, 3] world, geometric normals [N, 3]
-    m.albedo [N, 3] linear RGB in (0, 1), m.specular [N] in (0, 1), m.glossiness [N] >= 1,
+    m.albedo [N, 3] linear RGB in (0, 1), m.specular [N] in (0, 1), m.glossiness [N] >= 8,
     m.normal [N, 3] unit
 
     field = load_material(folder, device)  # what material.pt + material.json hold
@@ -33,8 +33,12 @@ CONFIG_FILE = "material.json"
 
 # Output channels of the MLP: albedo 3, specular 1, glossiness 1, normal offset 3.
 _N_OUT = 8
-# Initial biases: albedo 0.5, specular strength sigmoid(-3) ~ 0.05, glossiness softplus(4) + 1 ~ 5.
+# Initial biases: albedo 0.5, specular strength sigmoid(-3) ~ 0.05, glossiness softplus(4) + 8 ~ 12.
 _INIT_SPECULAR, _INIT_GLOSS = -3.0, 4.0
+# A broader lobe shades almost like the diffuse term under an order-2 SH light (band-2 weight
+# exp(-4 / 2s): 0.55 at s = 3.4, against the diffuse lobe's 0.25), and a free fit uses it to take
+# the albedo's place: on the skull, a white lobe of glossiness 3.4 and a darker albedo.
+MIN_GLOSSINESS = 8.0
 
 
 @dataclass
@@ -78,7 +82,7 @@ class MaterialField(nn.Module):
         return MaterialSample(
             albedo=torch.sigmoid(h[:, 0:3]),
             specular=torch.sigmoid(h[:, 3]),
-            glossiness=nn.functional.softplus(h[:, 4]) + 1.0,
+            glossiness=nn.functional.softplus(h[:, 4]) + MIN_GLOSSINESS,
             normal=nn.functional.normalize(normals + h[:, 5:8], dim=-1, eps=1e-6),
         )
 
