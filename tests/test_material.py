@@ -61,7 +61,7 @@ def test_specular_regulariser_flattens_the_lobe_without_shrinking_it():
     m = field(p, n)
     assert specular_regulariser(m.specular, m.glossiness) > 0  # a fresh field's lobe varies a little
     specular_regulariser(m.specular, m.glossiness).backward()
-    assert field.encoding.parameters().__next__().grad.abs().sum() > 0  # it reaches the grid
+    assert next(field.encoding.parameters()).grad.abs().sum() > 0  # it reaches the grid
     varying, gloss = torch.linspace(0.1, 0.5, 256), torch.full((256,), 20.0)
     assert torch.isclose(specular_regulariser(varying + 0.3, gloss), specular_regulariser(varying, gloss))  # size is free
     uniform = torch.full((256,), 0.3)
