@@ -41,11 +41,12 @@ SECTIONS = (
 )
 
 
-def _embed(path: Path) -> str:
+def embed_jpeg(path: Path, max_width: int = MAX_WIDTH) -> str:
+    """The picture as a JPEG data: URL, at most max_width pixels wide (pages stay self-contained)."""
     with Image.open(path) as img:
         img = img.convert("RGB")
-        if img.width > MAX_WIDTH:
-            img = img.resize((MAX_WIDTH, round(img.height * MAX_WIDTH / img.width)), Image.Resampling.LANCZOS)
+        if img.width > max_width:
+            img = img.resize((max_width, round(img.height * max_width / img.width)), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=85)
     return f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}"
@@ -131,7 +132,7 @@ def write_report(workdir: Path, title: str, error: str | None = None) -> Path:
                 cameras_figure(workdir / stage, cached)
             files = [cached] if cached.exists() else []
         if files:
-            imgs = "".join(f'<figure><img src="{_embed(p)}" alt="{html.escape(p.name)}">'
+            imgs = "".join(f'<figure><img src="{embed_jpeg(p)}" alt="{html.escape(p.name)}">'
                            f"<figcaption>{html.escape(p.name)}</figcaption></figure>" for p in files)
             parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>{imgs}")
     page = ("<!doctype html><html><head><meta charset=utf-8><title>" + html.escape(title) + "</title><style>"

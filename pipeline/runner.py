@@ -10,7 +10,9 @@ import datetime as dt
 import errno
 import importlib
 import logging
+import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -61,7 +63,6 @@ class PeakMemory:
     def _rss() -> int:
         try:
             with open("/proc/self/statm") as f:
-                import os
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
             return 0
@@ -94,6 +95,16 @@ def resolve_device(preference: str) -> str:
         raise NeroicError("--device cuda was asked for but PyTorch sees no CUDA device",
                           hint="install a CUDA build of torch, or use --device auto")
     return "cpu"
+
+
+def thread_budget() -> int:
+    """Threads a stage may use: $NEROIC_THREADS, else $OMP_NUM_THREADS (set by `neroic batch`,
+    Ray and job schedulers), else 0 = each library's default (all cores)."""
+    for name in ("NEROIC_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
 
 
 class Pipeline:
@@ -196,12 +207,14 @@ class Pipeline:
                 name=spec.name, workdir=wd.root, out=tmp, checkpoints=checkpoints,
                 config=self.settings.get(spec.name, {}), settings=self.settings, sources=self.sources,
                 device=self._device, inputs={n: wd.stage_dir(n) for n in spec.needs},
-                log=logging.getLogger(f"neroic.{spec.name}"), quiet=self.quiet)
+                log=logging.getLogger(f"neroic.{spec.name}"), quiet=self.quiet, threads=thread_budget())
             log.info("running stage %s (fingerprint %s)", spec.name, fingerprint[:12])
             started = dt.datetime.now().astimezone()
             t0 = time.perf_counter()
             with PeakMemory() as memory:
                 module = importlib.import_module(spec.module)
+                if ctx.threads and "torch" in sys.modules:  # torch reads only OMP_NUM_THREADS by itself
+                    sys.modules["torch"].set_num_threads(ctx.threads)
                 summary = module.run(ctx) or {}
             seconds = time.perf_counter() - t0
             readme = TEMPLATE_DIR / spec.name / "README.md"

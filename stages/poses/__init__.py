@@ -89,7 +89,8 @@ def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: in
     if len(usable) < min_registered:
         raise NeroicError(f"only {len(usable)} photo(s) have a usable mask (at least {min_registered} needed)",
                           hint="check masks/contact_sheet.png, or give masks with --masks DIR")
-    solution = run_sfm(ctx.input("ingest"), usable, threshold, cfg, ctx.checkpoints / "colmap", ctx.log, ctx.progress)
+    solution = run_sfm(ctx.input("ingest"), usable, threshold, cfg, ctx.checkpoints / "colmap", ctx.log, ctx.progress,
+                       ctx.threads)
     registered = len(solution.frames) if solution else 0
     if registered < min_registered:
         raise NeroicError(f"structure from motion registered only {registered} of {len(usable)} photos "

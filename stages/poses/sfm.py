@@ -126,9 +126,9 @@ def set_focal_priors(database: Path, photos: list[PhotoInput], shared: bool, log
 
 
 def extract_and_match(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict,
-                      work: Path, log: logging.Logger, bar) -> None:
+                      work: Path, log: logging.Logger, bar, threads: int = 0) -> None:
     """Fill work/database.db with masked SIFT features, focal priors and verified matches
-    (`bar` advances by one step after each)."""
+    (`bar` advances by one step after each; `threads` 0 = all cores)."""
     database = work / "database.db"
     if (work / MATCHED_MARK).exists() and database.exists():
         log.info("resuming with the features and matches of an interrupted run")
@@ -144,6 +144,7 @@ def extract_and_match(ingest: Path, photos: list[PhotoInput], threshold: int, cf
     reader.mask_path = str(masks)
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.sift.max_num_features = int(cfg["max_features"])
+    extraction.num_threads = threads or -1
     mode = pycolmap.CameraMode.SINGLE if cfg["shared_camera"] else pycolmap.CameraMode.PER_IMAGE
     token = pycolmap.CancellationToken()
     interruptible("feature extraction", pycolmap.extract_features, database, ingest,
@@ -154,6 +155,7 @@ def extract_and_match(ingest: Path, photos: list[PhotoInput], threshold: int, cf
     bar.update(1)
 
     matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = threads or -1
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = SEED
     token = pycolmap.CancellationToken()
@@ -173,13 +175,15 @@ def extract_and_match(ingest: Path, photos: list[PhotoInput], threshold: int, cf
     bar.update(1)
 
 
-def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progress) -> "pycolmap.Reconstruction | None":
+def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progress,
+               threads: int = 0) -> "pycolmap.Reconstruction | None":
     """Run the mapper; the model with the most registered photos, or None when none was built."""
     database, models = work / "database.db", work / "models"
     shutil.rmtree(models, ignore_errors=True)
     models.mkdir(parents=True)
     if cfg["mapper"] == "incremental":
         options = pycolmap.IncrementalPipelineOptions()
+        options.num_threads = threads or -1
         options.mapper.init_min_tri_angle = float(cfg["init_min_tri_angle"])
         options.mapper.abs_pose_min_num_inliers = int(cfg["register_min_inliers"])
         options.random_seed = options.mapper.random_seed = options.triangulation.random_seed = SEED
@@ -193,6 +197,7 @@ def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progres
                               options, next_image_callback=next_image, cancellation_token=token, token=token)
     else:
         options = pycolmap.GlobalPipelineOptions()
+        options.num_threads = threads or -1
         options.random_seed = options.mapper.random_seed = SEED
         found = interruptible("global mapping", pycolmap.global_mapping, database, ingest, models, options)
     if not found:
@@ -239,7 +244,7 @@ def refine(reconstruction) -> None:
 
 
 def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
-            log: logging.Logger, progress) -> Solution | None:
+            log: logging.Logger, progress, threads: int = 0) -> Solution | None:
     """Cameras and points in COLMAP's (arbitrary) SfM frame; None when no model could be built."""
     check_config(cfg)
     if cfg["shared_camera"] and len({(p.width, p.height) for p in photos}) > 1:
@@ -247,9 +252,9 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
                           hint="use --set poses.shared_camera=false (one camera per photo)")
     with colmap_log(work / "log", log):
         with progress(total=2, desc="features and matches", unit="step") as bar:
-            extract_and_match(ingest, photos, threshold, cfg, work, log, bar)
+            extract_and_match(ingest, photos, threshold, cfg, work, log, bar, threads)
         with progress(total=len(photos), desc="registering photos", unit="photo") as bar:
-            rec = map_photos(ingest, cfg, work, log, bar)
+            rec = map_photos(ingest, cfg, work, log, bar, threads)
     if rec is None:
         return None
     stems = {p.image_rel: p.stem for p in photos}
