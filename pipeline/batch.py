@@ -15,6 +15,8 @@ Engines  each stage of a capture is one job, started when the capture's previous
          free slot are in flight, so captures finish one after another rather than all at the end.
 Cache    the workdirs' stage manifests are the truth: a job whose fingerprint matches computes
          nothing, so an interrupted batch resumes and a second batch only reports "cached".
+Status   `neroic batch --status` reads only the manifests and batch.json (safe while a batch
+         runs): done / running / not run / FAILED per stage.
 Failures a failing stage stops its capture (the table names it and says why); without
          --keep-going no new stage starts after a failure (the running ones finish). Bad
          options and captures are refused before anything runs.
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.batch_stage import StageJob, StageOutcome
+from pipeline.batch_stage import StageJob, StageOutcome, code_version
 from pipeline.cache import read_manifest, write_json_atomic
 from pipeline.config import resolve
 from pipeline.context import Sources
@@ -87,13 +89,16 @@ class BatchPlan:
         return profile + tuple(arg for o in self.overrides for arg in ("--set", o))
 
     def jobs(self, capture: str) -> list[StageJob]:
+        code = code_version()
         return [StageJob(capture, spec.name, i + 1, self.workdir(capture), self.model(capture), self.stage_options(),
-                         gpu=spec.name in GPU_STAGES) for i, spec in enumerate(STAGES)]
+                         gpu=spec.name in GPU_STAGES, code=code) for i, spec in enumerate(STAGES)]
 
 
 def plan_batch(captures_root: Path, out: Path, profile: str | None, overrides: tuple[str, ...]) -> BatchPlan:
     """Find the captures and make their workdirs; bad options fail here, before anything runs."""
-    plan = BatchPlan(Path(out), find_captures(captures_root), profile, tuple(overrides))
+    captures = [c for c in find_captures(captures_root)  # OUT inside CAPTURES is no capture
+                if (Path(captures_root) / c.name).resolve() != Path(out).resolve()]
+    plan = BatchPlan(Path(out), captures, profile, tuple(overrides))
     try:
         plan.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -109,13 +109,14 @@ class LocalEngine:
 
     def _work(self, job: StageJob, gpu: list[str]) -> None:
         outcome = None
-        for _ in range(self.max_retries + 1):
+        for attempt in range(self.max_retries + 1):
             try:
                 outcome = run_stage_job(job, self.cpus_per_stage, gpu, self.node)
                 break
             except StageProcessLost as e:
-                log.warning("%s; retrying", e)
-                outcome = failed_outcome(job, f"{e} ({self.max_retries + 1} tries)")
+                outcome = failed_outcome(job, f"{e} ({attempt + 1} tries)")
+                if attempt < self.max_retries:
+                    log.warning("%s; retrying", e)
             except Exception as e:  # noqa: BLE001 - reported in the table, not lost in a thread
                 outcome = failed_outcome(job, f"internal error: {type(e).__name__}: {e}")
                 break
@@ -170,8 +171,9 @@ class RayEngine:
                 ray.init(address=address, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise NeroicError(f"cannot connect to the Ray cluster at {address}: {e}",
-                              hint="start it with `ray start --head` (see the README's batch section), "
-                                   "or drop --address to use a cluster on this machine only") from None
+                              hint="is `ray start --head` running there? A cluster with token authentication "
+                                   "(Ray's default) also needs RAY_AUTH_MODE=token and its token here "
+                                   "(~/.ray/auth_token or RAY_AUTH_TOKEN); see the README's batch section") from None
         self._task = ray.remote(_ray_stage_task)
         self._jobs: dict = {}  # ObjectRef -> StageJob
         self.nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]

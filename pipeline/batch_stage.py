@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.cache import REPO_ROOT, read_manifest
-from stages import STAGE_NAMES
+from pipeline.cache import REPO_ROOT, code_fingerprint, hash_json, read_manifest
+from stages import STAGE_NAMES, STAGES
 
 log = logging.getLogger("neroic")
 
@@ -42,6 +42,7 @@ class StageJob:
     model: Path  # where the capture's GLB goes once its last stage is done
     options: tuple[str, ...] = ()  # --profile / --set arguments for `neroic stage`
     gpu: bool = False  # the stage asks for a GPU (when the engine has one)
+    code: str = ""  # the submitting machine's code_version(): every node must run the same stages
 
 
 @dataclass
@@ -135,11 +136,22 @@ def deliver(job: StageJob, stage_ran: bool) -> None:
             log.warning("could not write the report of %s", job.capture, exc_info=True)
 
 
+def code_version() -> str:
+    """A hash of every stage's code, as fingerprints see it: nodes that differ would disagree on
+    what is up to date (each redoing the other's work, or refusing it as stale)."""
+    return hash_json([code_fingerprint(spec.module) for spec in STAGES])
+
+
 def run_stage_job(job: StageJob, threads: int, gpu_ids: list[str], node: str) -> StageOutcome:
+    if job.code and job.code != code_version():
+        return StageOutcome(job.capture, job.stage, job.position, "failed", node=node, error=(
+            f"node {node} runs other neroic code ({REPO_ROOT}) than the machine that submitted the batch\n"
+            "  hint: install the same neroic version on every node of the cluster"))
     before = read_manifest(job.workdir / job.stage)
     started = time.time()
-    done = subprocess.run(stage_command(job, gpu_ids), env=stage_environment(threads, gpu_ids), capture_output=True,
-                          text=True, preexec_fn=_die_with_parent)
+    # cwd: the workdir, so that `-m pipeline` imports this code (PYTHONPATH), never a `pipeline` in the cwd
+    done = subprocess.run(stage_command(job, gpu_ids), env=stage_environment(threads, gpu_ids), cwd=job.workdir,
+                          capture_output=True, text=True, preexec_fn=_die_with_parent)
     finished = time.time()
     outcome = StageOutcome(job.capture, job.stage, job.position, "failed", round(finished - started, 3), started,
                            finished, node, ",".join(gpu_ids), threads)

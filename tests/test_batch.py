@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,20 +97,26 @@ def alive(pid: int) -> bool:
         return False
 
 
-def kill_worker_mid_stage(batch: subprocess.Popen, stage: str, out: Path) -> tuple[Path, str]:
-    """Wait until some capture's STAGE has been computing for a second, then SIGKILL the Ray worker
-    that runs it (the stage process's parent). Returns that capture's workdir and the worker's command."""
+def kill_mid_stage(batch: subprocess.Popen, stage: str, out: Path, kill_worker: bool) -> tuple[Path, str]:
+    """Wait until a capture's STAGE has been computing for a second (a new "running stage" line in its
+    log), then SIGKILL its Ray worker (the stage process's parent) or the stage process itself.
+    Returns that capture's workdir and the killed process's command line."""
+    def starts(workdir: Path) -> int:
+        log = workdir / "neroic.log"
+        return log.read_text().count(f"running stage {stage} (fingerprint") if log.exists() else 0
+
+    before = {workdir: starts(workdir) for workdir in out.glob("*.neroic")}
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and batch.poll() is None:
         for pid, worker, workdir in stage_processes(stage, out):
-            log = workdir / "neroic.log"
-            if log.exists() and f"running stage {stage} (fingerprint" in log.read_text():  # it is computing
+            if starts(workdir) > before.get(workdir, 0):
                 time.sleep(1.0)
-                worker_command = command_line(worker)
-                os.kill(worker, signal.SIGKILL)
-                for _ in range(100):  # the stage process dies with its worker
+                victim = worker if kill_worker else pid
+                victim_command = command_line(victim)
+                os.kill(victim, signal.SIGKILL)
+                for _ in range(100):  # the stage process dies (with its worker)
                     if not alive(pid):
-                        return workdir, worker_command
+                        return workdir, victim_command
                     time.sleep(0.1)
                 pytest.fail(f"the {stage} process {pid} outlived its killed worker {worker}")
         time.sleep(0.2)
@@ -136,7 +143,7 @@ def ray_batch(captures, tmp_path_factory):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=dict(batch_env(), OMP_NUM_THREADS="2"), cwd=REPO)
     try:
-        killed, worker = kill_worker_mid_stage(batch, "geometry", out)
+        killed, worker = kill_mid_stage(batch, "geometry", out, kill_worker=True)
         stdout, stderr = batch.communicate(timeout=900)
     finally:
         if batch.poll() is None:
@@ -204,6 +211,29 @@ def test_second_ray_batch_computes_nothing_and_local_engine_agrees(captures, ray
     page = (out / "report.html").read_text()
     assert all(f"<b>{name}</b>" in page for name in (*CAPTURES, "bad"))
     assert page.count("data:image/jpeg;base64") == 3  # a thumbnail per finished capture
+
+
+def test_local_engine_retries_a_killed_stage_process(captures, ray_batch):
+    """A stage process killed by a signal (the OOM killer, a crash) is retried; only what is missing reruns."""
+    out = ray_batch[0]
+    workdir = out / "cap1.neroic"
+    shutil.rmtree(workdir / "export")  # as if lost: cap1's export must run again
+    (out / "cap1.glb").unlink()
+    before = log_counts(workdir)
+    batch = subprocess.Popen(batch_command(captures, "--out", out, "--keep-going", "--cpus", 2, *TINY),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=batch_env(), cwd=REPO)
+    try:
+        killed, command = kill_mid_stage(batch, "export", out, kill_worker=False)
+        stdout, stderr = batch.communicate(timeout=600)
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+    assert killed == workdir and "stage export" in command
+    assert batch.returncode == 1 and "killed by SIGKILL; retrying" in stderr, stderr
+    assert "cap1 export 7/7 ran" in stdout and (out / "cap1.glb").exists()
+    after = log_counts(workdir)
+    assert after["export"] == (before["export"][0] + 2, before["export"][1] + 1)
+    assert {s: after[s] for s in STAGE_NAMES[:-1]} == {s: before[s] for s in STAGE_NAMES[:-1]}
 
 
 def test_ray_refuses_a_request_no_node_can_meet(captures, tmp_path):
