@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,6 +124,42 @@ def kill_mid_stage(batch: subprocess.Popen, stage: str, out: Path, kill_worker: 
     pytest.fail(f"no {stage} stage started before the batch ended: {batch.poll()}")
 
 
+def listening_addresses(root: int) -> set[str]:
+    """The local addresses of the TCP sockets that process ROOT and its descendants listen on."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    family, grown = {root}, True
+    while grown:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family, grown = family | more, bool(more)
+    inodes = set()
+    for pid in family:
+        try:
+            fds = list((Path("/proc") / str(pid) / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    found = set()
+    for table, family_ in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in (Path("/proc/net") / table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # per 32-bit word, host order
+                found.add(socket.inet_ntop(family_, raw))
+    return found
+
+
 def log_counts(workdir: Path) -> dict[str, tuple[int, int]]:
     """stage -> (times started, times finished), from the workdir's neroic.log (appended to by every run)."""
     text = (workdir / "neroic.log").read_text()
@@ -144,18 +181,20 @@ def ray_batch(captures, tmp_path_factory):
                              env=dict(batch_env(), OMP_NUM_THREADS="2"), cwd=REPO)
     try:
         killed, worker = kill_mid_stage(batch, "geometry", out, kill_worker=True)
+        listening = listening_addresses(batch.pid)  # the embedded cluster's servers, while it runs
         stdout, stderr = batch.communicate(timeout=900)
     finally:
         if batch.poll() is None:
             batch.kill()
     assert "Traceback" not in stderr, stderr[-3000:]
     assert batch.returncode == 1, stdout + stderr  # the bad capture failed
-    return out, stdout, stderr, killed, worker
+    return out, stdout, stderr, killed, worker, listening
 
 
 def test_ray_batch_retries_a_killed_worker_and_fails_only_the_bad_capture(ray_batch):
-    out, stdout, stderr, killed, worker = ray_batch
+    out, stdout, stderr, killed, worker, listening = ray_batch
     assert "ray::" in worker, worker  # what was killed was a Ray worker process
+    assert listening and listening <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, listening  # Ray bound to loopback
     table = stdout[stdout.index("capture  "):]
     rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.split()}
     for name in CAPTURES:
