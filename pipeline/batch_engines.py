@@ -50,6 +50,20 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(l for l in listing.splitlines() if l.startswith("GPU "))]
 
 
+def check_reachable(address: str) -> None:
+    """Fail at once when nothing answers at HOST:PORT (Ray would retry for about ten minutes)."""
+    if address == "auto":  # Ray looks for a cluster started on this machine and says if there is none
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise NeroicError(f"--address {address}: expected auto or HOST:PORT (the head's `ray start --port`)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise NeroicError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}",
+                          hint="is `ray start --head` running there, and is the port open?") from None
+
+
 def _too_big(cpus_per_stage: int, largest: float, where: str) -> NeroicError:
     return NeroicError(f"each stage asks for {cpus_per_stage} CPUs, but {where} has only {largest:g}",
                        hint="lower --cpus-per-stage (or give the machine more CPUs with --cpus)")
@@ -156,6 +170,8 @@ class RayEngine:
                  max_retries: int):
         if address is None:  # read when ray is imported: makes Ray bind its servers to loopback
             os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        else:
+            check_reachable(address)
         try:
             import ray
         except ImportError:

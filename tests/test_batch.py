@@ -292,6 +292,8 @@ def test_usage_errors_are_one_message(captures, tmp_path):
         ((captures, "--out", tmp_path / "o", "--set", "geometry.nosuch=1"), 2, "unknown config key geometry.nosuch"),
         ((captures / "bad", "--out", tmp_path / "o"), 1, "holds no capture folders"),
         (("--out", tmp_path / "nothing", "--status"), 1, "holds no batch output"),
+        ((captures, "--out", tmp_path / "o", "--engine", "ray", "--address", "127.0.0.1:1"), 1,
+         "cannot reach the Ray cluster at 127.0.0.1:1"),
     ):
         done = neroic_batch(*args, timeout=120)
         assert done.returncode == code and message in done.stderr, (args, done.stderr)
