@@ -20,8 +20,8 @@ import click
 from tqdm import tqdm
 
 from pipeline.config import ConfigError, resolve
-from pipeline.context import Sources
-from pipeline.errors import NeroicError
+from stages.context import Sources
+from stages.errors import NeroicError
 from pipeline.runner import Pipeline, StageInterrupted, StageResult
 from pipeline.workdir import Workdir
 from stages import STAGE_NAMES, get_stage
@@ -209,8 +209,6 @@ def _stage(name, workdir, profile, device, overrides, force, quiet):
     wd.require()
     wd.attach_log()
     spec = get_stage(name)
-    if not spec.is_built():
-        raise NeroicError(f"stage '{name}' is not built yet (tracked in issue #{spec.issue})")
     pipe = Pipeline(wd, _settings(wd, profile, device, overrides), wd.read_sources(), quiet=quiet)
     _print_result(pipe.run_stage(spec, force=force))
 
@@ -229,7 +227,7 @@ def _status(workdir, profile, overrides):
     wd = Workdir(workdir)
     wd.require()
     pipe = Pipeline(wd, _settings(wd, profile, None, overrides), wd.read_sources())
-    colours = {"done": "green", "stale": "yellow", "not run": None, "not built": "bright_black"}
+    colours = {"done": "green", "stale": "yellow", "not run": None}
     click.echo(f"{'stage':<10}{'status':<11}{'finished':<18}{'seconds':>8}  result")
     for st in pipe.states():
         m = st.manifest or {}

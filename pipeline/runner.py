@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pipeline import cache
 from pipeline.config import TEMPLATE_DIR
-from pipeline.context import Sources, StageContext
-from pipeline.errors import NeroicError
+from stages.context import Sources, StageContext
+from stages.errors import NeroicError
 from pipeline.workdir import Workdir
 from stages import STAGES, StageSpec, get_stage
 
@@ -37,7 +37,7 @@ class StageInterrupted(Exception):
 @dataclass
 class StageState:
     spec: StageSpec
-    status: str  # "done", "stale", "not run", "not built"
+    status: str  # "done", "stale", "not run"
     manifest: dict | None
     reason: str = ""
 
@@ -135,8 +135,6 @@ class Pipeline:
 
     def state(self, spec: StageSpec) -> StageState:
         manifest = cache.read_manifest(self.workdir.stage_dir(spec.name))
-        if not spec.is_built():
-            return StageState(spec, "not built", manifest, f"tracked in issue #{spec.issue}")
         if manifest is None:
             return StageState(spec, "not run", None)
         for name in spec.needs:
@@ -154,12 +152,6 @@ class Pipeline:
             on_result=None) -> list[StageResult]:
         results = []
         for spec in STAGES:
-            if not spec.is_built():
-                done = ", ".join(r.name for r in results) or "none"
-                raise NeroicError(
-                    f"stage '{spec.name}' is not built yet (tracked in issue #{spec.issue}); "
-                    f"finished stages: {done}",
-                    hint=f"run up to the last built stage with --until {results[-1].name}" if results else None)
             result = self.run_stage(spec, force=spec.name in force)
             results.append(result)
             if on_result:

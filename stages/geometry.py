@@ -68,10 +68,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.context import StageContext
+from stages.errors import NeroicError
 from stages.common.cameras import Frame, read_transforms
 from stages.common.images import read_mask, read_rgb, resize, write_png
+from stages.common.settings import from_section
 from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid, carve_visual_hull
 from stages.field.rays import CameraRefinement, Cameras
@@ -209,16 +210,7 @@ def run(ctx: StageContext) -> dict:
                        sh_degree=int(cfg["sh_degree"]), beta_min=float(cfg["beta_min"])).to(device)
     step_size = float((hi - lo).max()) / int(cfg["steps_across"])
     refinement = CameraRefinement(len(train_idx), float((hi - lo).norm()) / 2).to(device) if cfg["refine_cameras"] else None
-    train_cfg = TrainConfig(
-        steps=int(cfg["steps"]), target_samples=int(cfg["target_samples"]), lr=float(cfg["lr"]),
-        lr_final_factor=float(cfg["lr_final_factor"]), refine_cameras=bool(cfg["refine_cameras"]),
-        camera_lr=float(cfg["camera_lr"]), camera_weight=float(cfg["camera_weight"]),
-        silhouette_weight=float(cfg["silhouette_weight"]), transient_weight=float(cfg["transient_weight"]),
-        appearance_weight=float(cfg["appearance_weight"]),
-        background_fraction=float(cfg["background_fraction"]), step_size=step_size,
-        coarse_step_factor=float(cfg["coarse_step_factor"]), coarse_fraction=float(cfg["coarse_fraction"]),
-        occupancy_update_every=int(cfg["occupancy_update_every"]), occupancy_warmup=int(cfg["occupancy_warmup"]),
-        checkpoint_every=int(cfg["checkpoint_every"]), max_seconds=float(cfg["max_seconds"]), seed=int(cfg["seed"]))
+    train_cfg = from_section(TrainConfig, cfg, step_size=step_size)
     pixels = TrainingPixels.from_photos([images[i] for i in train_idx], train_masks,
                                         int(cfg["background_band_px"])).to(device)
 

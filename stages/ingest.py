@@ -22,8 +22,8 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.context import StageContext
+from stages.errors import NeroicError
 from stages.common.images import UnreadableImage, load_photo, resize, write_png
 
 MM_PER_INCH, MM_PER_CM = 25.4, 10.0

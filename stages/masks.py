@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.context import StageContext
+from stages.errors import NeroicError
 from stages.common.images import UnreadableImage, load_photo, read_mask, read_rgb, resize, write_png
 from stages.common.sheets import contact_sheet, mask_overlay
 

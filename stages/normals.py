@@ -174,7 +174,7 @@ def run(ctx):
 
     import numpy as np
 
-    from pipeline.errors import NeroicError
+    from stages.errors import NeroicError
     from stages.common.images import read_rgb, write_png
     from stages.common.sheets import contact_sheet
     from stages.field.trained import frame_masks, load_trained_field

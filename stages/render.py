@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.cache import read_manifest
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.cameras import Frame, frame_stem
 from stages.common.images import write_png
 

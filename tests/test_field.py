@@ -18,6 +18,13 @@ from stages.field.occupancy import OccupancyGrid, carve_visual_hull
 from stages.field.rays import CameraRefinement, Cameras, axis_angle_to_matrix
 from stages.field.rendering import composite, exclusive_transmittance, nerfw_weights, render_image, render_rays
 from stages.field.training import TrainConfig, TrainingPixels, load_checkpoint, train_field
+from pipeline.config import defaults
+from stages.common.settings import from_section
+
+
+def geometry_train_config(**changes) -> TrainConfig:
+    """The stage's own training settings (config defaults, no time budget) with `changes`."""
+    return from_section(TrainConfig, {**defaults()["geometry"], "max_seconds": 0.0}, **changes)
 
 
 def _look_at(eye: np.ndarray) -> np.ndarray:
@@ -272,8 +279,8 @@ def test_checkpoint_resume_and_corrupt_checkpoint(tmp_path):
         return field, grid
 
     ckpt = tmp_path / "train.pt"
-    cfg = TrainConfig(steps=6, target_samples=2048, initial_rays=256, step_size=2 / 64, checkpoint_every=3,
-                      occupancy_warmup=2, occupancy_update_every=2)
+    cfg = geometry_train_config(steps=6, target_samples=2048, initial_rays=256, step_size=2 / 64, checkpoint_every=3,
+                                occupancy_warmup=2, occupancy_update_every=2)
     field, grid = fresh()
     first = train_field(field, grid, cams, pixels, cfg, checkpoint_path=ckpt)
     assert first.steps_done == 6 and first.resumed_from == 0
@@ -353,7 +360,7 @@ def _upstream_from_spot(work: Path, capture: Path) -> list[str]:
 def test_geometry_stage_learns_a_small_spot_capture_and_writes_its_outputs(tmp_path):
     import stages.geometry as geometry
     from pipeline.config import defaults
-    from pipeline.context import Sources, StageContext
+    from stages.context import Sources, StageContext
     from stages.field import load_trained_field
     from tests.synthetic.spot_capture import make_spot_capture
 
@@ -398,8 +405,8 @@ def test_camera_refinement_receives_gradients_through_the_field():
     grid = OccupancyGrid(lo, hi, carve_visual_hull(cams, masks, lo, hi, 16))
     field = NerfWField(lo, hi, 4, n_levels=4, log2_table=12, max_resolution=64)
     refinement = CameraRefinement(4, translation_scale=1.0)
-    cfg = TrainConfig(steps=3, target_samples=4096, initial_rays=256, step_size=2 / 64, refine_cameras=True,
-                      camera_lr=1e-2)
+    cfg = geometry_train_config(steps=3, target_samples=4096, initial_rays=256, step_size=2 / 64, refine_cameras=True,
+                                camera_lr=1e-2)
     train_field(field, grid, cams, TrainingPixels.from_photos(images, masks, 2), cfg, refinement=refinement)
     for p in (refinement.rotation, refinement.translation, refinement.log_focal):
         assert p.abs().max() > 1e-4  # moved by Adam: the gradient reached it

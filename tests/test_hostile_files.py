@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 SENTINEL = {}
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import defaults
+from stages.common.settings import from_section
 from stages.common.sh import ambient_sh, read_lighting
 from stages.material.evaluation import evaluate_capture, fit_channel_scale
 from stages.material.ground_truth import density_grid_from_mesh, surface_from_capture
@@ -116,7 +118,7 @@ def test_decomposition_on_true_geometry_relights_new_views(small_capture, tmp_pa
     density = density_grid_from_mesh(small_capture / "gt" / "mesh.ply", resolution=48)
     field = MaterialField(density.aabb_min.tolist(), density.aabb_max.tolist(), max_resolution=64)
     lights = PhotoLighting(surface.n_photos, ambient_radiance=mean_linear_colour(surface) / 0.5)
-    cfg = MaterialTrainConfig(steps=240, batch_size=4096, light_lr=0.05, checkpoint_every=120)
+    cfg = from_section(MaterialTrainConfig, defaults()["material"], steps=240, batch_size=4096, checkpoint_every=120)
     ckpt = tmp_path / "train.pt"
     first = train_material(field, lights, surface, MaterialTrainConfig(**{**cfg.__dict__, "max_seconds": 1e-9}),
                            density=density, checkpoint_path=ckpt)

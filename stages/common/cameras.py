@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 # Flips the camera's Y and Z axes: OpenCV camera axes <-> OpenGL camera axes (its own inverse).
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])

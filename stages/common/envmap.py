@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.colour import srgb_to_linear
 
 

@@ -64,8 +64,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.context import StageContext
+from stages.errors import NeroicError
 
 
 def _material_function(material_dir: Path, device: str):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.cameras import Frame, read_transforms, write_transforms
 from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid

@@ -1,7 +1,8 @@
 """The training loop of the geometry stage: masked photos + cameras -> a trained NeRF-W field.
 
     pixels = TrainingPixels.from_photos(images, masks, band_px=8)
-    result = train_field(field, grid, cameras, pixels, TrainConfig(steps=2000), checkpoint_path=...)
+    cfg = from_section(TrainConfig, config["geometry"], step_size=0.01)
+    result = train_field(field, grid, cameras, pixels, cfg, checkpoint_path=...)
 
 Each step draws rays mostly from object pixels plus a band of background pixels just outside the
 masks (background far from the object already has no samples: the visual hull removed it). The
@@ -41,32 +42,33 @@ log = logging.getLogger("neroic")
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (the geometry stage maps its config keys onto these)."""
+    """Optimisation settings. Fields named like [geometry] config keys take their values (and
+    defaults) from the config: build with `from_section(TrainConfig, config["geometry"], step_size=...)`."""
 
-    steps: int = 2000
-    target_samples: int = 1 << 16  # samples per step (after empty-space skipping)
+    steps: int
+    target_samples: int  # samples per step (after empty-space skipping)
+    lr: float
+    lr_final_factor: float  # exponential decay to lr * this at the last step
+    refine_cameras: bool
+    camera_lr: float
+    camera_weight: float
+    silhouette_weight: float
+    transient_weight: float
+    appearance_weight: float  # L2 on the per-photo codes: keeps the neutral (mean) code typical
+    background_fraction: float
+    coarse_step_factor: float  # the march step starts this many times larger ...
+    coarse_fraction: float  # ... and shrinks geometrically to step_size over this part of training
+    occupancy_update_every: int
+    occupancy_warmup: int  # steps before the field may empty hull cells
+    checkpoint_every: int
+    max_seconds: float  # training time budget (0: none); schedules then follow max(step, time) progress
+    seed: int
+    step_size: float  # march step, world units (final): derived from the box, not a config key
     initial_rays: int = 4096
     max_rays: int = 1 << 15
-    lr: float = 1e-2
-    lr_final_factor: float = 0.1  # exponential decay to lr * this at the last step
-    refine_cameras: bool = False
-    camera_lr: float = 1e-3
-    camera_weight: float = 1.0
-    silhouette_weight: float = 0.1
-    transient_weight: float = 0.01
-    appearance_weight: float = 0.01  # L2 on the per-photo codes: keeps the neutral (mean) code typical
-    background_fraction: float = 0.2
-    step_size: float = 0.01  # march step, world units (final)
-    coarse_step_factor: float = 4.0  # the march step starts this many times larger ...
-    coarse_fraction: float = 0.3  # ... and shrinks geometrically to step_size over this part of training
-    occupancy_update_every: int = 16
     occupancy_update_fraction: float = 0.25  # of the hull's cells re-evaluated per update
-    occupancy_warmup: int = 64  # steps before the field may empty hull cells
     opaque_margin_steps: float = 8.0  # a ray is marched to where it became opaque last time + this many steps
-    checkpoint_every: int = 500
-    max_seconds: float = 0.0  # training time budget (0: none); schedules then follow max(step, time) progress
     log_every: int = 10
-    seed: int = 0
 
 
 @dataclass

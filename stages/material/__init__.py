@@ -61,10 +61,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.context import StageContext
+from stages.errors import NeroicError
 from stages.common.images import read_mask, read_rgb, resize, write_png
 from stages.common.sh import render_lit_sphere
+from stages.common.settings import from_section
 from stages.common.sheets import contact_sheet
 from stages.field.rays import Cameras
 from stages.field.trained import load_trained_field
@@ -134,18 +135,6 @@ def _sheet_view(frame, photo: np.ndarray, mask: np.ndarray, target: np.ndarray) 
     small_target = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(target)).permute(2, 0, 1)[None],
                                                    size=size[::-1], mode="nearest")[0].permute(1, 2, 0).numpy()
     return (frame.scaled(*size), resize(photo, size), resize(mask.astype(np.uint8) * 255, size) >= 128, small_target)
-
-
-def _train_config(cfg: dict) -> MaterialTrainConfig:
-    return MaterialTrainConfig(
-        steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
-        light_lr=float(cfg["light_lr"]), lr_final_factor=float(cfg["lr_final_factor"]),
-        coarse_to_fine=float(cfg["coarse_to_fine"]),
-        normal_weight=float(cfg["normal_weight"]), smoothness_weight=float(cfg["smoothness_weight"]),
-        albedo_smoothness_weight=float(cfg["albedo_smoothness_weight"]),
-        specular_weight=float(cfg["specular_weight"]), positivity_weight=float(cfg["positivity_weight"]),
-        shadows=bool(cfg["shadows"]), shadow_steps=int(cfg["shadow_steps"]),
-        checkpoint_every=int(cfg["checkpoint_every"]), max_seconds=float(cfg["max_seconds"]), seed=int(cfg["seed"]))
 
 
 def _srgb_u8(linear: torch.Tensor) -> np.ndarray:
@@ -236,7 +225,7 @@ def run(ctx: StageContext) -> dict:
     lights = PhotoLighting(len(stems), ambient_radiance=mean_linear_colour(surface) / 0.5).to(device)
     ckpt_dir = Path(ctx.checkpoints)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    result = train_material(field, lights, surface, _train_config(cfg), density=density,
+    result = train_material(field, lights, surface, from_section(MaterialTrainConfig, cfg), density=density,
                             checkpoint_path=ckpt_dir / "train.pt",
                             progress=lambda total: ctx.progress(total=total, desc="training", unit="step"))
 

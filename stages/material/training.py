@@ -1,6 +1,6 @@
 """The material stage's training loop: surface pixels + frozen geometry -> material field + lights.
 
-    result = train_material(field, lights, surface, MaterialTrainConfig(steps=1000),
+    result = train_material(field, lights, surface, from_section(MaterialTrainConfig, config["material"]),
                             density=density_grid, checkpoint_path=ctx.checkpoints / "material.pt")
 
 Each step draws a batch of surface pixels (surface.py: one known surface point per pixel), asks
@@ -37,31 +37,31 @@ log = logging.getLogger("neroic")
 
 @dataclass
 class MaterialTrainConfig:
-    """Optimisation settings (the stage maps its config keys onto these). Weights are NeROIC's
-    where it has one (normal 5, smoothness 0.5, positivity 5)."""
+    """Optimisation settings. Fields named like [material] config keys take their values (and
+    defaults) from the config: build with `from_section(MaterialTrainConfig, config["material"])`."""
 
-    steps: int = 1000
-    batch_size: int = 8192
-    lr: float = 1e-2  # material field (hash table and MLP)
-    light_lr: float = 5e-2
-    lr_final_factor: float = 0.05  # cosine decay to lr * this at the last step
+    steps: int
+    batch_size: int
+    lr: float  # material field (hash table and MLP)
+    light_lr: float
+    lr_final_factor: float  # cosine decay to lr * this at the last step
+    normal_weight: float
+    smoothness_weight: float
+    albedo_smoothness_weight: float
+    specular_weight: float
+    positivity_weight: float
+    coarse_to_fine: float  # share of the steps over which the hash levels are switched on
+    shadows: bool  # cast shadows from the density grid (needs `density`)
+    shadow_steps: int
+    checkpoint_every: int
+    max_seconds: float  # stop early after this much training time (0: no limit)
+    seed: int
     warmup_steps: int = 20  # linear ramp of the rates at the start
-    normal_weight: float = 5.0
-    smoothness_weight: float = 0.5
-    albedo_smoothness_weight: float = 0.0
     smoothness_fraction: float = 0.25  # share of the batch also queried at a jittered point
     smoothness_jitter: float = 0.01  # world units
-    specular_weight: float = 0.02
-    positivity_weight: float = 5.0
     positivity_directions: int = 128
-    coarse_to_fine: float = 0.5  # share of the steps over which the hash levels are switched on
     start_levels: int = 4  # hash levels in use at the first step
-    shadows: bool = True  # cast shadows from the density grid (needs `density`)
-    shadow_steps: int = 32
-    checkpoint_every: int = 500
-    max_seconds: float = 0.0  # stop early after this much training time (0: no limit)
     log_every: int = 10
-    seed: int = 0
 
 
 def _lr_factor(step: int, cfg: MaterialTrainConfig) -> float:

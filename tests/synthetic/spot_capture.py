@@ -50,7 +50,8 @@ from stages.common.sh import (
     write_lighting,
 )
 
-SPOT_DIR = Path(os.environ.get("NEROIC_SPOT_DIR", "/work/shared/data/spot"))
+# Keenan Crane's Spot (public domain, tests/data/spot); NEROIC_SPOT_DIR swaps in another texture.
+SPOT_DIR = Path(os.environ.get("NEROIC_SPOT_DIR", Path(__file__).resolve().parent.parent / "data" / "spot"))
 
 LIGHTING_MODES = ("ambient", "constant", "random")
 
