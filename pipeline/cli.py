@@ -290,35 +290,31 @@ def _render(workdir, cameras, turntable, out, what, appearance_of, lighting, lig
         raise click.UsageError("give either --cameras FILE or --turntable N")
     if sum(x is not None for x in (lighting, lighting_of, env)) > 1:
         raise click.UsageError("--lighting, --lighting-of and --env are alternatives: give one")
+    kinds = tuple(k.strip() for k in what.split(",") if k.strip())
     wd = Workdir(workdir)
     wd.require()
+    settings = _settings(wd, None, device, ())
+    pipe = Pipeline(wd, settings, wd.read_sources())
+    relit = any(x is not None for x in (lighting, lighting_of, env))
+    folders = {}
+    for name in rendering.needed_stages(kinds, relit, turntable is not None):
+        state = pipe.state(get_stage(name))
+        if state.status == "not run":
+            raise NeroicError(f"rendering {', '.join(kinds)} needs the {name} stage, which has not run in {wd.root}",
+                              hint=f"run `neroic run ... --until {name}` first")
+        if state.status != "done":
+            logging.getLogger("neroic").warning("the %s stage is stale (%s): rendering its last output", name,
+                                                state.reason)
+        folders[name] = wd.stage_dir(name)
     light = None
     if lighting is not None:
-        from stages.common.sh import read_lighting
-
-        try:
-            light = read_lighting(lighting)[0][1]
-        except (ValueError, IndexError) as e:
-            raise NeroicError(f"{lighting}: {e or 'no light in the file'}") from None
+        light = rendering.read_light(lighting)
     elif lighting_of is not None:
-        light = rendering.learned_light(wd.root, lighting_of)
+        light = rendering.learned_light(folders["material"], lighting_of)
     elif env is not None:
-        from stages.common.envmap import read_environment
-        from stages.common.sh import project_env_to_sh
-
-        light = project_env_to_sh(read_environment(env))
-    if turntable is not None:
-        poses = rendering.require_stage(wd.root, "poses", "--turntable")
-        centre = json.loads((poses / "normalization.json").read_text())["bounds"]["center"]
-        frames = rendering.turntable_frames(read_transforms(poses / "transforms.json", roots=[wd.root])[0],
-                                            turntable, centre=centre)
-    else:
-        frames = read_transforms(cameras)
-    kinds = tuple(k.strip() for k in what.split(",") if k.strip())
-    files = rendering.render_cameras(wd.root, frames, out, kinds, light, appearance_of,
-                                     resolve_device(device or "auto"),
-                                     progress=lambda it, **kw: tqdm(it, disable=quiet, leave=False, **kw))
-    if turntable is not None and "rgb" in kinds:
-        gif = rendering.write_animation([out / f"{f.stem}.png" for f in frames], out / "turntable.gif")
-        click.echo(f"wrote {gif}")
+        light = rendering.environment_light(env)
+    files = rendering.render(folders, out, kinds, light, cameras=read_transforms(cameras) if cameras else None,
+                             turntable=turntable or 0, appearance_of=appearance_of,
+                             device=resolve_device(settings["run"]["device"]),
+                             progress=lambda it, **kw: tqdm(it, disable=quiet, leave=False, **kw))
     click.echo(f"wrote {len(files)} file(s) to {out}")

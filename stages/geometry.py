@@ -71,8 +71,10 @@ import torch
 from stages.context import StageContext
 from stages.errors import NeroicError
 from stages.common.cameras import Frame, read_transforms
-from stages.common.images import read_mask, read_rgb, resize, write_png
+from stages.common.images import shrink_view, write_png
+from stages.common.inputs import MaskSet, PhotoSet
 from stages.common.settings import from_section
+from stages.field.grids import evaluate_on_grid
 from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid, carve_visual_hull
 from stages.field.rays import CameraRefinement, Cameras
@@ -85,39 +87,24 @@ MIN_TRAIN_PHOTOS = 3
 def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.ndarray], list[np.ndarray], int]:
     """Usable frames (in transforms.json order) with their photos [H, W, 3] uint8, their masks'
     coverage [H, W] uint8 (soft at the edges: alpha or rembg) and the masks' threshold."""
-    ingest, masks_dir, poses = ctx.input("ingest"), ctx.input("masks"), ctx.input("poses")
+    poses = ctx.input("poses")
     transforms = poses / "transforms.json"
     if not transforms.exists():
         raise NeroicError(f"{transforms} is missing", hint="run the poses stage first")
-    photos = {p["stem"]: p for p in json.loads((ingest / "photos.json").read_text(encoding="utf-8"))["photos"]}
-    mask_meta = json.loads((masks_dir / "masks.json").read_text(encoding="utf-8"))
-    ok_masks = {m["stem"]: m for m in mask_meta["masks"] if m.get("status") == "ok"}
-    threshold = int(mask_meta.get("threshold", 128))
+    photos, masks = PhotoSet.load(ctx.input("ingest")), MaskSet.load(ctx.input("masks"))
     frames, images, coverages = [], [], []
-    for frame in read_transforms(transforms, roots=[ingest, masks_dir]):
-        if frame.stem not in photos or frame.stem not in ok_masks:
+    for frame in read_transforms(transforms, roots=[photos.folder, masks.folder]):
+        if frame.stem not in photos or not masks.usable(frame.stem):
             continue
-        rgb = read_rgb(ingest / photos[frame.stem]["image"])
-        mask = read_mask(masks_dir / ok_masks[frame.stem]["mask"])
+        rgb = photos.rgb(frame.stem)
         h, w = rgb.shape[:2]
-        if mask.shape != (h, w):
-            mask = resize(mask, (w, h))
+        mask = masks.coverage(frame.stem, (w, h))
         frame = frame.scaled(w, h) if (frame.w, frame.h) != (w, h) else frame
-        frame, rgb, mask = _downsized(frame, rgb, mask, max_size)
+        frame, rgb, mask = shrink_view(frame, max_size, rgb, mask)
         frames.append(frame)
         images.append(rgb)
         coverages.append(mask)
-    return frames, images, coverages, threshold
-
-
-def _downsized(frame: Frame, image: np.ndarray, mask: np.ndarray, max_size: int) -> tuple[Frame, np.ndarray, np.ndarray]:
-    """A view (photo, uint8 mask) shrunk to max_size on its longer side (unchanged when already
-    smaller or max_size is 0)."""
-    if not max_size or max(frame.w, frame.h) <= max_size:
-        return frame, image, mask
-    scale = max_size / max(frame.w, frame.h)
-    w, h = max(1, round(frame.w * scale)), max(1, round(frame.h * scale))
-    return frame.scaled(w, h), resize(image, (w, h)), resize(mask, (w, h))
+    return frames, images, coverages, masks.threshold
 
 
 def _render_supersampled(field: NerfWField, grid: OccupancyGrid, full: Frame, small: Frame, appearance: torch.Tensor,
@@ -214,7 +201,7 @@ def run(ctx: StageContext) -> dict:
     pixels = TrainingPixels.from_photos([images[i] for i in train_idx], train_masks,
                                         int(cfg["background_band_px"])).to(device)
 
-    heldout_views = {v: _downsized(frames[v], images[v], coverages[v], int(cfg["heldout_image_size"])) for v in held_idx}
+    heldout_views = {v: shrink_view(frames[v], int(cfg["heldout_image_size"]), images[v], coverages[v]) for v in held_idx}
 
     def evaluate(views: list[int]) -> list[dict]:
         field.eval()
@@ -285,19 +272,15 @@ def run(ctx: StageContext) -> dict:
     return {"figure": figure, **{k: v for k, v in metrics.items() if k not in ("curves", "heldout")}}
 
 
-@torch.no_grad()
 def _write_density_grid(path: Path, field: NerfWField, grid: OccupancyGrid, res: int) -> None:
     """Density at the centres of a res^3 grid over the field's box; 0 outside the visual hull."""
-    lo, size = field.aabb_min, field.aabb_size
-    axes = [lo[a] + (torch.arange(res, device=lo.device) + 0.5) * size[a] / res for a in range(3)]
-    density = torch.empty(res ** 3, device=lo.device)
-    for x in range(res):  # one slab at a time keeps memory flat
-        pts = torch.stack(torch.meshgrid(axes[0][x:x + 1], axes[1], axes[2], indexing="ij"), -1).reshape(-1, 3)
-        flat, inside = grid.cell_index(pts)
-        sigma = field.density(pts)[0]
-        density[x * res * res:(x + 1) * res * res] = torch.where(grid.hull[flat] & inside, sigma, torch.zeros_like(sigma))
-    np.savez(path, density=density.view(res, res, res).cpu().numpy().astype(np.float32),
-             aabb_min=lo.cpu().numpy(), aabb_max=(lo + size).cpu().numpy())
+    def hull_density(points: torch.Tensor) -> torch.Tensor:
+        flat, inside = grid.cell_index(points)
+        return torch.where(grid.hull[flat] & inside, field.density(points)[0], 0.0)
+
+    lo, hi = field.aabb_min, field.aabb_min + field.aabb_size
+    density = evaluate_on_grid(hull_density, lo, hi, res)
+    np.savez(path, density=density.cpu().numpy(), aabb_min=lo.cpu().numpy(), aabb_max=hi.cpu().numpy())
 
 
 def _write_heldout_png(path: Path, photo: np.ndarray, render: dict) -> None:

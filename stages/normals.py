@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stages.field.grids import evaluate_on_grid, sample_grid
+
 MASK_MARGIN_PX = 2  # views are rendered inside the masks grown by this much
 
 
@@ -60,32 +62,6 @@ def sobel_normals(density: Tensor, voxel_size: Tensor, a: float, radius: int = 2
     neg_grad = F.conv3d(s, sobel_kernels(radius).to(s), padding=0)[0]  # [3, X, Y, Z], voxel units
     neg_grad = neg_grad / voxel_size.to(neg_grad).view(3, 1, 1, 1)
     return F.normalize(neg_grad.permute(1, 2, 3, 0), dim=-1, eps=1e-12)
-
-
-def sample_grid(values: Tensor, positions: Tensor, aabb_min: Tensor, aabb_max: Tensor) -> Tensor:
-    """Trilinear lookup of a [X, Y, Z, C] grid (cell-centred) at world positions [N, 3] -> [N, C]."""
-    unit = (positions - aabb_min) / (aabb_max - aabb_min) * 2 - 1  # [-1, 1] over the box
-    grid = unit[:, [2, 1, 0]].view(1, -1, 1, 1, 3)  # grid_sample wants (W, H, D) = (z, y, x)
-    volume = values.permute(3, 0, 1, 2).unsqueeze(0)  # [1, C, X, Y, Z]
-    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.view(values.shape[-1], -1).t()
-
-
-@torch.no_grad()
-def density_on_grid(density_fn, aabb_min: Tensor, aabb_max: Tensor, resolution: int,
-                    chunk: int = 1 << 18) -> Tensor:
-    """Evaluate density_fn([N, 3] world -> [N]) at the cell centres of a res^3 grid -> [X, Y, Z]."""
-    axes = [aabb_min[a] + (torch.arange(resolution, device=aabb_min.device) + 0.5)
-            * (aabb_max[a] - aabb_min[a]) / resolution for a in range(3)]
-    xs = axes[0]
-    yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
-    out = torch.empty(resolution, resolution * resolution, device=aabb_min.device)
-    rows_per_chunk = max(1, chunk // yz.shape[0])
-    for start in range(0, resolution, rows_per_chunk):
-        x = xs[start:start + rows_per_chunk]
-        pts = torch.cat([x.repeat_interleave(yz.shape[0])[:, None], yz.repeat(x.shape[0], 1)], 1)
-        out[start:start + x.shape[0]] = density_fn(pts).view(x.shape[0], -1)
-    return out.view(resolution, resolution, resolution)
 
 
 def tighten_box(density: Tensor, aabb_min: Tensor, aabb_max: Tensor, threshold: float,
@@ -144,10 +120,8 @@ def render_view_normals(density: Tensor, normals: Tensor, aabb_min: Tensor, aabb
     device = density.device
     h, w = frame.h, frame.w
     inside = binary_dilation(mask, iterations=MASK_MARGIN_PX)
-    small, small_inside = frame, inside
-    if max_size and max(w, h) > max_size:
-        scale = max_size / max(w, h)
-        small = frame.scaled(max(1, round(w * scale)), max(1, round(h * scale)))
+    small, small_inside = frame.shrunk(max_size), inside
+    if small is not frame:
         small_inside = binary_dilation(resize(inside.astype(np.uint8) * 255, (small.w, small.h)) > 0, iterations=1)
     py, px = (torch.from_numpy(a).to(device) for a in np.nonzero(small_inside))
     origins, dirs = Cameras.from_frames([small]).to(device).rays(torch.zeros_like(px), px, py)
@@ -188,9 +162,9 @@ def run(ctx):
 
     lo, hi = grid.occupied_aabb()
     for res in cfg["tighten_resolutions"]:
-        lo, hi = tighten_box(density_on_grid(density_fn, lo, hi, res), lo, hi, cfg["tighten_threshold"])
+        lo, hi = tighten_box(evaluate_on_grid(density_fn, lo, hi, res), lo, hi, cfg["tighten_threshold"])
     res = cfg["resolution"]
-    density = density_on_grid(density_fn, lo, hi, res)
+    density = evaluate_on_grid(density_fn, lo, hi, res)
     if not bool((density > cfg["tighten_threshold"]).any()):
         raise NeroicError("the geometry field is empty: no density above the threshold anywhere",
                           hint="check geometry/heldout/*.png; rerun geometry with more steps")

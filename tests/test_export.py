@@ -11,13 +11,15 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from stages.common.sh import random_sh_light
 from stages.common.colour import linear_to_srgb
 from stages.export.bake import (bake_textures, rasterize_uv, roughness_from_glossiness, sample_texture,
                                 tangent_frames)
 from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
-from stages.export.mesh import Mesh, chamfer_distance, clean_volume, lattice_points, mesh_from_density, sample_density
+from stages.export.mesh import Mesh, chamfer_distance, clean_volume, lattice_points, mesh_from_density
+from stages.field.grids import evaluate_on_grid
 from stages.export.preview import render_mesh_sh, shading_normals
 from stages.export.silhouette import choose_threshold, silhouette_iou
 from stages.export.uv_atlas import unwrap
@@ -48,10 +50,10 @@ def spot_density(spot):
     lo, hi = spot.mesh_vertices.min(0) - 0.08, spot.mesh_vertices.max(0) + 0.08
 
     def density_fn(points):
-        sdf = scene.compute_signed_distance(o3d.core.Tensor(points.astype(np.float32)), nthreads=1).numpy()
-        return 100.0 / (1.0 + np.exp(np.clip(sdf / 0.01, -60.0, 60.0)))
+        sdf = scene.compute_signed_distance(o3d.core.Tensor(points.numpy()), nthreads=1).numpy()
+        return torch.from_numpy(100.0 / (1.0 + np.exp(np.clip(sdf / 0.01, -60.0, 60.0))))
 
-    density = sample_density(density_fn, lo, hi, 112)
+    density = evaluate_on_grid(density_fn, torch.from_numpy(lo), torch.from_numpy(hi), 112, nodes=True).numpy()
     density[2:6, 2:6, 2:6] = 100.0  # a floater in a corner, far from the cow
     return density, lo, hi
 

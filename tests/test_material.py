@@ -10,8 +10,8 @@ import torch
 from pipeline.config import defaults
 from stages.common.settings import from_section
 from stages.common.sh import ambient_sh, read_lighting
-from stages.material.evaluation import evaluate_capture, fit_channel_scale
-from stages.material.ground_truth import density_grid_from_mesh, surface_from_capture
+from bench.relighting import evaluate_capture, fit_channel_scale
+from bench.ground_truth import density_grid_from_mesh, surface_from_capture
 from stages.material.lighting import PhotoLighting
 from stages.material.losses import specular_regulariser
 from stages.material.material_field import MaterialField, load_material, save_material

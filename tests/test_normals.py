@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from stages.normals import sample_grid, sobel_kernels, sobel_normals
+from stages.field.grids import sample_grid
+from stages.normals import sobel_kernels, sobel_normals
 
 
 def _grid(res, lo=-1.0, hi=1.0):

@@ -100,7 +100,21 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 
 def resize(array: np.ndarray, size: tuple[int, int], resample=Image.Resampling.LANCZOS) -> np.ndarray:
-    """Resize an [H, W(, C)] uint8 array to (width, height)."""
+    """Resize an [H, W(, C)] uint8 array to (width, height); a bool mask stays a bool mask (area
+    coverage >= 1/2); float data (normals, depths) is sampled at the nearest pixel, never blended."""
     if (array.shape[1], array.shape[0]) == tuple(size):
         return array
+    if array.dtype.kind == "f":
+        rows = ((np.arange(size[1]) + 0.5) * array.shape[0] / size[1]).astype(np.int64)
+        cols = ((np.arange(size[0]) + 0.5) * array.shape[1] / size[0]).astype(np.int64)
+        return array[rows[:, None], cols[None, :]]
+    if array.dtype == bool:
+        return resize(array.astype(np.uint8) * 255, size, Image.Resampling.BOX) >= 128
     return np.asarray(Image.fromarray(array).resize(size, resample))
+
+
+def shrink_view(frame, max_size: int, *images: np.ndarray) -> tuple:
+    """(frame.shrunk(max_size), each image [H, W(, C)] (uint8 or bool) resized to match): one
+    photo's view at a working size."""
+    small = frame.shrunk(max_size)
+    return (small, *(resize(image, (small.w, small.h)) for image in images))

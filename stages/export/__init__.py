@@ -89,18 +89,13 @@ def _material_function(material_dir: Path, device: str):
     return material_fn
 
 
-def _density_function(trained, device: str):
+def _density_function(trained):
     """Field density (per world unit) at points [N, 3] world -> [N]; 0 where the occupancy grid is empty."""
     import torch
 
-    def density_fn(points: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            p = torch.as_tensor(points, dtype=torch.float32, device=device)
-            out = torch.zeros(p.shape[0], device=device)
-            keep = trained.grid.lookup(p)
-            if keep.any():
-                out[keep] = trained.field.density(p[keep])[0]
-        return out.cpu().numpy()
+    def density_fn(points: torch.Tensor) -> torch.Tensor:
+        keep = trained.grid.lookup(points)
+        return torch.where(keep, trained.field.density(points)[0], 0.0)
 
     return density_fn
 
@@ -138,8 +133,10 @@ def run(ctx: StageContext) -> dict:
     from stages.common.sheets import contact_sheet
     from stages.export.bake import bake_textures, tangent_frames, to_uint8
     from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
-    from stages.export.mesh import mesh_from_density, sample_density
-    from stages.export.preview import render_mesh_sh, turntable_frames
+    from stages.export.mesh import mesh_from_density
+    from stages.field.grids import evaluate_on_grid
+    from stages.common.cameras import orbit_frames, square_frame
+    from stages.export.preview import render_mesh_sh
     from stages.export.silhouette import choose_threshold, silhouette_iou
     from stages.export.uv_atlas import unwrap
     from stages.export.validate import ToolMissing, screenshot_glb, validate_gltf
@@ -164,8 +161,10 @@ def run(ctx: StageContext) -> dict:
         raise NeroicError("the geometry stage's occupancy grid is empty: there is no object to export",
                           hint="check the masks and poses, then rerun the geometry stage")
     res = int(cfg["resolution"])
-    density = sample_density(_density_function(trained, ctx.device), lo, hi, res,
-                             progress=lambda it, total: ctx.progress(it, total=total, desc="density", unit="slab"))
+    density = evaluate_on_grid(_density_function(trained), trained.grid.aabb_min.new_tensor(lo),
+                               trained.grid.aabb_min.new_tensor(hi), res, nodes=True,
+                               progress=lambda it, total: ctx.progress(it, total=total, desc="density", unit="slab")
+                               ).cpu().numpy()
     lap("density")
 
     frames = trained.frames
@@ -248,8 +247,8 @@ def run(ctx: StageContext) -> dict:
         model = read_glb(glb_path)
         radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
         tiles = []
-        for k, frame in enumerate(turntable_frames(n_turn, int(cfg["turntable_size"]), 40.0, 3.0 * radius,
-                                                   20.0, centre)):
+        for k, frame in enumerate(orbit_frames(n_turn, square_frame(int(cfg["turntable_size"]), 40.0), 3.0 * radius,
+                                               centre, stem="turntable")):
             rgb, alpha = render_mesh_sh(model, frame, mean_light)
             write_png(out / "turntable" / f"{k:03d}.png", np.dstack([to_uint8(linear_to_srgb(rgb)), to_uint8(alpha)]))
             tiles.append(to_uint8(linear_to_srgb(rgb) * alpha[..., None] + 0.25 * (1.0 - alpha[..., None])))

@@ -1,6 +1,6 @@
-"""A clean triangle mesh from a density field: sample, clean the volume, marching cubes, decimate.
+"""A clean triangle mesh from a density field: clean the volume, marching cubes, decimate.
 
-    density = sample_density(density_fn, aabb_min, aabb_max, resolution=256)   # [R, R, R]
+    density = evaluate_on_grid(density_fn, aabb_min, aabb_max, 256, nodes=True)   # stages.field.grids
     mesh = mesh_from_density(density, aabb_min, aabb_max, threshold=25.0,
                              inside_hull=hull_fn, face_budget=80_000, taubin_iterations=5)
     mesh.vertices [V, 3] world, mesh.faces [F, 3] int, counter-clockwise seen from outside
@@ -46,24 +46,6 @@ def lattice_points(aabb_min, aabb_max, resolution: int) -> list[np.ndarray]:
     """The node coordinates along x, y, z: three arrays [R] spanning the box ends inclusive."""
     lo, hi = np.asarray(aabb_min, dtype=np.float64), np.asarray(aabb_max, dtype=np.float64)
     return [np.linspace(lo[a], hi[a], resolution) for a in range(3)]
-
-
-def sample_density(density_fn: Callable[[np.ndarray], np.ndarray], aabb_min, aabb_max, resolution: int,
-                   chunk: int = 1 << 18, progress: Callable = lambda it, total: it) -> np.ndarray:
-    """Evaluate density_fn (points [N, 3] world -> sigma [N]) at every lattice node -> [R, R, R] float32.
-
-    Evaluated one x-slab at a time so memory stays at about `chunk` points; `progress` wraps the
-    slab iterator (e.g. a progress bar) and gets (iterable, total).
-    """
-    xs, ys, zs = lattice_points(aabb_min, aabb_max, resolution)
-    yz = np.stack(np.meshgrid(ys, zs, indexing="ij"), axis=-1).reshape(-1, 2)
-    out = np.empty((resolution, resolution, resolution), dtype=np.float32)
-    slabs = max(1, chunk // len(yz))
-    for start in progress(range(0, resolution, slabs), (resolution + slabs - 1) // slabs):
-        x = xs[start:start + slabs]
-        pts = np.concatenate([np.repeat(x, len(yz))[:, None], np.tile(yz, (len(x), 1))], axis=1)
-        out[start:start + len(x)] = np.asarray(density_fn(pts), dtype=np.float32).reshape(len(x), resolution, resolution)
-    return out
 
 
 def clean_volume(density: np.ndarray, threshold: float, node_points: list[np.ndarray],

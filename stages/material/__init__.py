@@ -63,7 +63,8 @@ import torch
 
 from stages.context import StageContext
 from stages.errors import NeroicError
-from stages.common.images import read_mask, read_rgb, resize, write_png
+from stages.common.images import shrink_view, write_png
+from stages.common.inputs import MaskSet, PhotoSet
 from stages.common.sh import render_lit_sphere
 from stages.common.settings import from_section
 from stages.common.sheets import contact_sheet
@@ -92,22 +93,14 @@ def auto_max_resolution(surface: SurfacePixels, cameras: Cameras, box_extent: fl
 
 def _load_photos(ctx: StageContext, stems: list[str], sizes: dict[str, tuple[int, int]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Photos [H, W, 3] uint8 sRGB and masks [H, W] bool of `stems`, at the cameras' (w, h)."""
-    ingest, masks_dir = ctx.input("ingest"), ctx.input("masks")
-    try:
-        photos = {p["stem"]: p for p in json.loads((ingest / "photos.json").read_text(encoding="utf-8"))["photos"]}
-        mask_meta = json.loads((masks_dir / "masks.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError) as exc:
-        raise NeroicError(f"cannot read the photo or mask lists: {exc}", hint="rerun the ingest and masks stages") from None
-    ok_masks = {m["stem"]: m for m in mask_meta["masks"] if m.get("status") == "ok"}
-    threshold = int(mask_meta.get("threshold", 128))
+    photos, mask_set = PhotoSet.load(ctx.input("ingest")), MaskSet.load(ctx.input("masks"))
     images, masks = [], []
     for stem in stems:
-        if stem not in photos or stem not in ok_masks:
+        if stem not in photos or not mask_set.usable(stem):
             raise NeroicError(f"photo {stem} was trained on by the geometry stage but has no photo or usable mask",
-                              hint="rerun the geometry stage (neroic run --from geometry)")
-        size = sizes[stem]
-        images.append(resize(read_rgb(ingest / photos[stem]["image"]), size))
-        masks.append(resize(read_mask(masks_dir / ok_masks[stem]["mask"]), size) >= threshold)
+                              hint="rerun the geometry stage (neroic stage geometry --force)")
+        images.append(photos.rgb(stem, sizes[stem]))
+        masks.append(mask_set.binary(stem, sizes[stem]))
     return images, masks
 
 
@@ -122,31 +115,6 @@ def _load_normal_targets(folder: Path, stems: list[str]) -> list[np.ndarray]:
         except (OSError, ValueError, KeyError) as exc:
             raise NeroicError(f"cannot read the normal targets {path}: {exc}", hint="rerun the normals stage") from None
     return targets
-
-
-def _sheet_view(frame, photo: np.ndarray, mask: np.ndarray, target: np.ndarray) -> tuple:
-    """A photo's camera, photo, mask and normal targets shrunk to at most SHEET_TILE_PX across:
-    contact-sheet tiles are shown small, and rendering large photos whole costs minutes."""
-    h, w = photo.shape[:2]
-    if max(h, w) <= SHEET_TILE_PX:
-        return frame, photo, mask, target
-    scale = SHEET_TILE_PX / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small_target = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(target)).permute(2, 0, 1)[None],
-                                                   size=size[::-1], mode="nearest")[0].permute(1, 2, 0).numpy()
-    return (frame.scaled(*size), resize(photo, size), resize(mask.astype(np.uint8) * 255, size) >= 128, small_target)
-
-
-def _srgb_u8(linear: torch.Tensor) -> np.ndarray:
-    """Linear RGB tensor [..., 3] -> sRGB uint8 numpy."""
-    return (linear_to_srgb(linear).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
-def _exposed(linear: torch.Tensor) -> torch.Tensor:
-    """Linear RGB [..., 3] scaled so its 99th-percentile non-zero value is 1 (shading and lights
-    are only known up to the albedo's scale, and would otherwise clip to white)."""
-    values = linear[linear > 0]
-    return linear / values.quantile(0.99).clamp(min=1e-6) if values.numel() else linear
 
 
 @torch.no_grad()
@@ -239,7 +207,9 @@ def run(ctx: StageContext) -> dict:
     directions = lights.dominant_directions()
     sheet_views = np.linspace(0, len(stems) - 1, min(int(cfg["contact_sheet_photos"]), len(stems))).round().astype(int)
     for j in sorted(set(sheet_views.tolist())):
-        frame, photo, mask, target = _sheet_view(geometry.frames[views[j]], images[j], masks[j], normal_targets[j])
+        # contact-sheet tiles are shown small, and rendering large photos whole costs minutes
+        frame, photo, mask, target = shrink_view(geometry.frames[views[j]], SHEET_TILE_PX, images[j], masks[j],
+                                                 normal_targets[j])
         whole = surface_from_field(geometry.field, geometry.grid, Cameras.from_frames([frame]).to(device),
                                    geometry.step_size, [mask], [photo], [target], float(cfg["min_acc"]))
         tiles += photo_tiles(field, lights.coeffs.detach()[j], directions[j], whole, photo, shadow_grid,
