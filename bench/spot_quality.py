@@ -149,7 +149,9 @@ def _write_material_sheet(path: Path, images: dict) -> None:
 
 def export_metrics(workdir: Path, capture: Path, views, shadows: bool) -> dict:
     from stages.export.gltf import read_glb
-    from stages.export.mesh import Mesh, chamfer_distance
+    import trimesh
+
+    from stages.export.mesh import chamfer_distance
     from stages.export.preview import render_mesh_sh
     from stages.common.colour import srgb_to_linear
     from bench.relighting import fit_channel_scale, srgb_psnr
@@ -157,9 +159,9 @@ def export_metrics(workdir: Path, capture: Path, views, shadows: bool) -> dict:
 
     model = read_glb(workdir / "export" / "model.glb")
     truth = o3d.io.read_triangle_mesh(str(capture / "gt" / "mesh.ply"))
-    true_mesh = Mesh(np.asarray(truth.vertices, dtype=np.float64), np.asarray(truth.triangles, dtype=np.int64))
+    true_mesh = trimesh.Trimesh(np.asarray(truth.vertices, dtype=np.float64), np.asarray(truth.triangles), process=False)
     diagonal = float(np.linalg.norm(true_mesh.vertices.max(0) - true_mesh.vertices.min(0)))
-    chamfer = chamfer_distance(Mesh(model.positions.astype(np.float64), model.faces.astype(np.int64)), true_mesh)
+    chamfer = chamfer_distance(trimesh.Trimesh(model.positions.astype(np.float64), model.faces, process=False), true_mesh)
 
     lights = [c for _, c in read_lighting(capture / "lighting_test.json")]
     rendered, photos = [], []

@@ -6,7 +6,6 @@ Exit codes: 0 done, 1 pipeline error (one clear message; the traceback only with
 from __future__ import annotations
 
 import datetime as dt
-import json
 import errno
 import logging
 import os
@@ -82,6 +81,7 @@ def _print_result(result: StageResult) -> None:
         click.echo(f"  {result.name:<9} up to date   {result.figure}")
     else:
         mem = f", peak {result.peak_rss_mb:,.0f} MB" if result.peak_rss_mb else ""
+        mem += f" (GPU {result.peak_gpu_mb:,.0f} MB)" if result.peak_gpu_mb else ""
         click.echo(f"  {result.name:<9} done in {result.seconds:6.1f} s{mem}   {result.figure}")
 
 

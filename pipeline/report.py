@@ -9,7 +9,6 @@ import base64
 import datetime as dt
 import html
 import io
-import json
 from pathlib import Path
 
 from PIL import Image
@@ -37,7 +36,8 @@ def _stage_rows(workdir: Path) -> str:
         summary = m.get("summary", {})
         cells = [spec.name, "done" if m else "not run", m.get("started", ""),
                  f"{m['seconds']:.1f}" if "seconds" in m else "",
-                 f"{m['peak_rss_mb']:,.0f}" if "peak_rss_mb" in m else "", summary.get("figure", "")]
+                 f"{m['peak_rss_mb']:,.0f}" if "peak_rss_mb" in m else "",
+                 f"{m['peak_gpu_mb']:,.0f}" if m.get("peak_gpu_mb") is not None else "", summary.get("figure", "")]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(rows)
 
@@ -50,7 +50,7 @@ def write_report(workdir: Path, title: str, error: str | None = None) -> Path:
     if error:
         parts.append(f"<p class=error>The last run stopped: {html.escape(error)}</p>")
     parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>started</th><th>seconds</th>"
-                 f"<th>peak MB</th><th>result</th></tr>{_stage_rows(workdir)}</table>")
+                 f"<th>peak MB</th><th>peak GPU MB</th><th>result</th></tr>{_stage_rows(workdir)}</table>")
     for spec in STAGES:
         if read_manifest(workdir / spec.name) is None:
             continue

@@ -8,7 +8,9 @@ Method   Visual hull carved from the training masks over the bounds' cube -> tig
          (static density + colour with per-photo appearance codes, transient head with per-photo
          codes and uncertainty) trained on the photos' object pixels plus a background band, with
          NeRF-W colour loss, silhouette BCE and (optionally) per-photo camera refinement; the grid
-         drops cells the field finds empty. See stages/field/.
+         drops cells the field finds empty. With surface "sdf" (default) the static geometry is a
+         signed distance (VolSDF density), started as the hull's own signed distance and kept a
+         distance by an eikonal term. See stages/field/.
 Held out every `holdout_every`-th usable photo (or `holdout_stems`) is never trained on; PSNR on
          it is measured inside the photo's mask (rendered with the neutral appearance, on black,
          against the photo composited on black by its mask's coverage) and, secondarily, over the
@@ -27,6 +29,7 @@ Outputs  geometry/field.pt          state dict (plain tensors; torch.load(weight
 Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_seconds 0,
          target_samples 131072, hash_log2_table 16, steps_across 384, refine_cameras true,
          density_grid_resolution 256):
+         surface "sdf"               static geometry: "sdf" (zero level = surface) or "density"
          steps 800                   training steps
          max_seconds 240             training time budget in seconds (0: none); when it runs out before
                                      `steps`, training ends there with its schedules completed
@@ -45,6 +48,7 @@ Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_se
          occupancy_resolution 128, hull_margin_px 2.0, hull_max_miss_fraction 0.05
          occupancy_update_every 16, occupancy_warmup 64
          silhouette_weight 0.1, transient_weight 0.01, appearance_weight 0.01 (L2 on appearance codes)
+         eikonal_weight 0.1, eikonal_points 8192   (sdf) (|grad d| - 1)^2 on ray samples and the box
          background_fraction 0.2, background_band_px 8 (background rays come from this band)
          refine_cameras false, camera_lr 0.001, camera_weight 1.0
          max_image_size 0            train on photos resized to this longest side (0: as ingested)
@@ -76,7 +80,7 @@ from stages.common.inputs import MaskSet, PhotoSet
 from stages.common.settings import from_section
 from stages.field.grids import evaluate_on_grid
 from stages.field.nerfw_field import NerfWField
-from stages.field.occupancy import OccupancyGrid, carve_visual_hull
+from stages.field.occupancy import OccupancyGrid, carve_visual_hull, hull_signed_distance
 from stages.field.rays import CameraRefinement, Cameras
 from stages.field.trained import save_trained_field
 from stages.field.training import TrainConfig, TrainingPixels, image_psnr, render_view, train_field
@@ -186,6 +190,7 @@ def run(ctx: StageContext) -> dict:
     hull_seconds = time.perf_counter() - started
     ctx.log.info("geometry: visual hull %.1f%% of its box (%.1fs)", 100 * float(hull.float().mean()), hull_seconds)
 
+    step_size = float((hi - lo).max()) / int(cfg["steps_across"])
     max_res = int(cfg["hash_max_resolution"]) or _auto_resolution(train_cams, lo, hi, float(cfg["hash_pixels_factor"]),
                                                                    int(cfg["hash_base_resolution"]))
     field = NerfWField(lo.tolist(), hi.tolist(), len(train_idx), n_levels=int(cfg["hash_levels"]),
@@ -194,8 +199,11 @@ def run(ctx: StageContext) -> dict:
                        max_resolution=max_res, width=int(cfg["mlp_width"]),
                        colour_layers=int(cfg["colour_layers"]), geo_feat_dim=int(cfg["geo_feat_dim"]),
                        appearance_dim=int(cfg["appearance_dim"]), transient_dim=int(cfg["transient_dim"]),
-                       sh_degree=int(cfg["sh_degree"]), beta_min=float(cfg["beta_min"])).to(device)
-    step_size = float((hi - lo).max()) / int(cfg["steps_across"])
+                       sh_degree=int(cfg["sh_degree"]), beta_min=float(cfg["beta_min"]), surface=cfg["surface"],
+                       prior_resolution=max(32, res // 2), surface_width=2.0 * step_size,
+                       min_surface_width=0.5 * step_size).to(device)
+    if field.is_sdf:
+        field.set_sdf_prior(hull_signed_distance(hull, lo, hi))
     refinement = CameraRefinement(len(train_idx), float((hi - lo).norm()) / 2).to(device) if cfg["refine_cameras"] else None
     train_cfg = from_section(TrainConfig, cfg, step_size=step_size)
     pixels = TrainingPixels.from_photos([images[i] for i in train_idx], train_masks,

@@ -4,9 +4,10 @@ Inputs   geometry/ (the trained field, occupancy grid and cameras.json, whose ma
          lead to the masks), poses/.
 Method   (NeROIC) evaluate the density on grids over the object's box, tightening the box at
          each resolution to 1.2x the extent of the cells with density > `tighten_threshold`;
-         remap s' = -(1/a) exp(-a s) so the huge densities inside the object stop dominating;
          correlate with the smoothed Sobel-like 5x5x5 kernel K(d) = -d/|d|^2 (one per axis),
-         which gives -grad s'; the normal is that, normalised (it points out of the object).
+         which gives a smoothed -grad: of an SDF field's signed distance (the normal is +grad d,
+         normalised), or of a density field's remapped density s' = -(1/a) exp(-a s) (so the
+         huge densities inside the object stop dominating; the normal is -grad s').
          Then for every pixel inside a photo's mask (grown by 2 px), the volume-rendered sum of
          grid normals along its ray, marched front to back until opaque, is the target the
          material stage fits.
@@ -51,17 +52,25 @@ def remap_density(sigma: Tensor, a: float) -> Tensor:
     return -torch.exp(-a * sigma) / a
 
 
-def sobel_normals(density: Tensor, voxel_size: Tensor, a: float, radius: int = 2) -> Tensor:
-    """density [X, Y, Z] -> outward unit normals [X, Y, Z, 3] (world axes).
-
-    voxel_size: [3] world size of a cell along x, y, z (the gradient is divided by it, so boxes
-    that are not cubes still give true normals). Borders are padded by replication.
-    """
-    s = remap_density(density, a)[None, None]
-    s = F.pad(s, (radius,) * 6, mode="replicate")
+def _negative_gradient(volume: Tensor, voxel_size: Tensor, radius: int) -> Tensor:
+    """Smoothed -grad of a grid [X, Y, Z] -> [X, Y, Z, 3] per world unit (Sobel-like kernels,
+    borders padded by replication)."""
+    s = F.pad(volume[None, None], (radius,) * 6, mode="replicate")
     neg_grad = F.conv3d(s, sobel_kernels(radius).to(s), padding=0)[0]  # [3, X, Y, Z], voxel units
-    neg_grad = neg_grad / voxel_size.to(neg_grad).view(3, 1, 1, 1)
-    return F.normalize(neg_grad.permute(1, 2, 3, 0), dim=-1, eps=1e-12)
+    return (neg_grad / voxel_size.to(neg_grad).view(3, 1, 1, 1)).permute(1, 2, 3, 0)
+
+
+def sobel_normals(density: Tensor, voxel_size: Tensor, a: float, radius: int = 2) -> Tensor:
+    """density [X, Y, Z] -> outward unit normals [X, Y, Z, 3] (world axes): -grad of the remapped
+    density. voxel_size: [3] world size of a cell along x, y, z (the gradient is divided by it, so
+    boxes that are not cubes still give true normals)."""
+    return F.normalize(_negative_gradient(remap_density(density, a), voxel_size, radius), dim=-1, eps=1e-12)
+
+
+def sdf_normals(sdf: Tensor, voxel_size: Tensor, radius: int = 2) -> Tensor:
+    """Signed distance [X, Y, Z] (negative inside) -> outward unit normals [X, Y, Z, 3]: its
+    gradient, by the same smoothed Sobel filter (a distance needs no remapping)."""
+    return F.normalize(-_negative_gradient(sdf, voxel_size, radius), dim=-1, eps=1e-12)
 
 
 def tighten_box(density: Tensor, aabb_min: Tensor, aabb_max: Tensor, threshold: float,
@@ -168,7 +177,10 @@ def run(ctx):
     if not bool((density > cfg["tighten_threshold"]).any()):
         raise NeroicError("the geometry field is empty: no density above the threshold anywhere",
                           hint="check geometry/heldout/*.png; rerun geometry with more steps")
-    normals = sobel_normals(density, (hi - lo) / res, cfg["remap_a"])
+    if field.is_sdf:
+        normals = sdf_normals(evaluate_on_grid(lambda p: field.sdf(p)[0], lo, hi, res), (hi - lo) / res)
+    else:
+        normals = sobel_normals(density, (hi - lo) / res, cfg["remap_a"])
     np.savez_compressed(ctx.out / "normal_grid.npz", normals=normals.cpu().numpy().astype(np.float16),
                         density=density.cpu().numpy(), aabb_min=lo.cpu().numpy(), aabb_max=hi.cpu().numpy())
 

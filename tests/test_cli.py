@@ -1,13 +1,11 @@
 """The `neroic` command as a user meets it: exit codes, messages, caching, Ctrl-C."""
 import json
-import shutil
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from tests.conftest import copy_photos, disc_photo, write_image
@@ -143,3 +141,20 @@ def test_full_disk_keeps_finished_stages(real_photos, tiny_disk):
     filler.unlink()
     again = neroic(*args, "--until", "masks")
     assert again.returncode == 0 and "ingest    up to date" in again.stdout
+
+
+def test_running_out_of_memory_is_one_message():
+    """What torch raises when memory runs out (on the CPU: a RuntimeError from its allocator; on
+    CUDA: torch.OutOfMemoryError) becomes a NeroicError with what to try, not an internal error."""
+    import torch
+
+    from pipeline.runner import out_of_memory
+
+    try:
+        torch.empty(1 << 62, dtype=torch.uint8)
+    except RuntimeError as e:
+        host = out_of_memory(e, "geometry", "cpu")
+    assert host is not None and "ran out of memory in stage 'geometry'" in str(host) and "--profile preview" in str(host)
+    gpu = out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "material", "cuda")
+    assert gpu is not None and "GPU ran out of memory" in str(gpu) and "--device cpu" in str(gpu)
+    assert out_of_memory(RuntimeError("shape mismatch"), "geometry", "cpu") is None

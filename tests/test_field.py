@@ -17,7 +17,8 @@ from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid, carve_visual_hull
 from stages.field.rays import CameraRefinement, Cameras, axis_angle_to_matrix
 from stages.field.rendering import composite, exclusive_transmittance, nerfw_weights, render_image, render_rays
-from stages.field.training import TrainConfig, TrainingPixels, load_checkpoint, train_field
+from stages.field.checkpoints import config_key, load_checkpoint
+from stages.field.training import TrainConfig, TrainingPixels, train_field
 from pipeline.config import defaults
 from stages.common.settings import from_section
 
@@ -323,6 +324,37 @@ def test_checkpoint_resume_and_corrupt_checkpoint(tmp_path):
     field5, grid5 = fresh()
     resumed = train_field(field5, grid5, cams, pixels, cfg_int, checkpoint_path=ckpt)
     assert resumed.resumed_from == 4 and resumed.steps_done == 6
+
+
+def test_a_checkpoint_from_another_device_resumes(tmp_path, caplog):
+    """A run checkpointed on one device resumes on another: weights and optimiser state load onto
+    the new device, the random stream restarts from (seed, step). Simulated on the CPU with the
+    generator state a CUDA run writes (16 bytes: seed and offset), which a CPU generator refuses."""
+    import logging
+
+    images, masks, cams = _tiny_scene(4, 24)
+    lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+    pixels = TrainingPixels.from_photos(images, masks, band_px=2)
+    cfg = geometry_train_config(steps=3, target_samples=2048, initial_rays=256, step_size=2 / 64, checkpoint_every=3)
+    ckpt = tmp_path / "train.pt"
+    train_field(NerfWField(lo, hi, 4, n_levels=4, log2_table=12, max_resolution=64),
+                OccupancyGrid(lo, hi, carve_visual_hull(cams, masks, lo, hi, 16)), cams, pixels, cfg, checkpoint_path=ckpt)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["generator"]["device"] == "cpu"
+    state["generator"] = {"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
+    torch.save(state, ckpt)
+    with pytest.raises(RuntimeError):  # what resuming did before: the CPU generator refuses it
+        torch.Generator().set_state(state["generator"]["state"])
+    # continue as a 5-step run (the key includes `steps`)
+    longer = TrainConfig(**{**cfg.__dict__, "steps": 5})
+    field = NerfWField(lo, hi, 4, n_levels=4, log2_table=12, max_resolution=64)
+    grid = OccupancyGrid(lo, hi, carve_visual_hull(cams, masks, lo, hi, 16))
+    state["config_key"] = config_key(longer, {"field": field.config, "grid": grid.resolution})
+    torch.save(state, ckpt)
+    with caplog.at_level(logging.INFO, logger="neroic"):
+        resumed = train_field(field, grid, cams, pixels, longer, checkpoint_path=ckpt)
+    assert resumed.resumed_from == 3 and resumed.steps_done == 5
+    assert "made on cuda and training resumes on cpu" in caplog.text
 
 
 def _upstream_from_spot(work: Path, capture: Path) -> list[str]:

@@ -100,6 +100,38 @@ def _density_function(trained):
     return density_fn
 
 
+def _mesh_of_density(density, lo, hi, frames, masks, inside_hull, cfg, ctx, lap):
+    """A density field's mesh: the threshold (given, or chosen by silhouette IoU against the masks),
+    the inside no photo saw filled, clean-up -> (mesh, threshold, threshold table, stats)."""
+    from stages.export.mesh import mesh_from_density
+    from stages.export.silhouette import choose_threshold
+    from stages.export.visibility import depth_maps, hidden_from_cameras
+
+    lap("density")
+    depths = depth_maps(density, lo, hi, frames, int(cfg["visibility_size"]), float(cfg["visibility_opacity"]))
+    hidden = hidden_from_cameras(density, lo, hi, depths)
+    lap("visibility")
+    threshold_table: list = []
+    threshold = float(cfg["threshold"])
+    if threshold <= 0.0:
+        try:
+            threshold, threshold_table = choose_threshold(density, lo, hi, frames, masks, inside_hull=inside_hull,
+                                                          hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
+        except ValueError as e:
+            raise NeroicError(f"cannot find a surface in the density field: {e}",
+                              hint="the geometry stage did not converge; check its held-out renders") from None
+        ctx.log.info("export: density threshold %.3g chosen by silhouette IoU", threshold)
+    lap("threshold")
+    try:
+        mesh, stats = mesh_from_density(density, lo, hi, threshold, inside_hull, int(cfg["face_budget"]),
+                                        int(cfg["taubin_iterations"]), float(cfg["min_component_fraction"]),
+                                        hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
+    except ValueError as e:
+        raise NeroicError(f"no surface at density threshold {threshold:g}: {e}",
+                          hint="lower [export] threshold, or set it to 0 to choose it automatically") from None
+    return mesh, threshold, threshold_table, stats
+
+
 def _hull_function(grid):
     """points [N, 3] world -> bool [N]: inside the masks' visual hull (the occupancy grid's hull)."""
     import torch
@@ -133,14 +165,13 @@ def run(ctx: StageContext) -> dict:
     from stages.common.sheets import contact_sheet
     from stages.export.bake import bake_textures, tangent_frames, to_uint8
     from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
-    from stages.export.mesh import mesh_from_density
+    from stages.export.mesh import mesh_from_sdf
     from stages.field.grids import evaluate_on_grid
     from stages.common.cameras import orbit_frames, square_frame
     from stages.export.preview import render_mesh_sh
-    from stages.export.silhouette import choose_threshold, silhouette_iou
+    from stages.export.silhouette import silhouette_iou
     from stages.export.uv_atlas import unwrap
     from stages.export.validate import ToolMissing, screenshot_glb, validate_gltf
-    from stages.export.visibility import depth_maps, hidden_from_cameras
     from stages.field.trained import frame_masks, load_trained_field
 
     cfg = ctx.config
@@ -161,44 +192,30 @@ def run(ctx: StageContext) -> dict:
         raise NeroicError("the geometry stage's occupancy grid is empty: there is no object to export",
                           hint="check the masks and poses, then rerun the geometry stage")
     res = int(cfg["resolution"])
-    density = evaluate_on_grid(_density_function(trained), trained.grid.aabb_min.new_tensor(lo),
-                               trained.grid.aabb_min.new_tensor(hi), res, nodes=True,
-                               progress=lambda it, total: ctx.progress(it, total=total, desc="density", unit="slab")
-                               ).cpu().numpy()
-    lap("density")
-
     frames = trained.frames
     masks = frame_masks(geometry_dir, frames)
     inside_hull = _hull_function(trained.grid)
-    depths = depth_maps(density, lo, hi, frames, int(cfg["visibility_size"]), float(cfg["visibility_opacity"]))
-    hidden = hidden_from_cameras(density, lo, hi, depths)
-    lap("visibility")
+    box = trained.grid.aabb_min.new_tensor(lo), trained.grid.aabb_min.new_tensor(hi)
+    progress = lambda it, total: ctx.progress(it, total=total, desc="sampling the field", unit="slab")  # noqa: E731
     threshold_table: list = []
-    threshold = float(cfg["threshold"])
-    if threshold <= 0.0:
-        try:
-            threshold, threshold_table = choose_threshold(density, lo, hi, frames, masks, inside_hull=inside_hull,
-                                                          hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
-        except ValueError as e:
-            raise NeroicError(f"cannot find a surface in the density field: {e}",
-                              hint="the geometry stage did not converge; check its held-out renders") from None
-        ctx.log.info("export: density threshold %.3g chosen by silhouette IoU", threshold)
-    lap("threshold")
-    try:
-        mesh, mesh_stats = mesh_from_density(density, lo, hi, threshold, inside_hull, int(cfg["face_budget"]),
-                                             int(cfg["taubin_iterations"]), float(cfg["min_component_fraction"]),
-                                             hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
-    except ValueError as e:
-        raise NeroicError(f"no surface at density threshold {threshold:g}: {e}",
-                          hint="lower [export] threshold, or set it to 0 to choose it automatically") from None
-    del density, hidden
+    if trained.field.is_sdf:
+        sdf = evaluate_on_grid(lambda p: trained.field.sdf(p)[0], *box, res, nodes=True, progress=progress).cpu().numpy()
+        lap("density")
+        threshold = 0.0
+        mesh, mesh_stats = mesh_from_sdf(sdf, lo, hi, inside_hull, int(cfg["face_budget"]),
+                                         int(cfg["taubin_iterations"]), float(cfg["min_component_fraction"]))
+        del sdf
+    else:
+        mesh, threshold, threshold_table, mesh_stats = _mesh_of_density(
+            evaluate_on_grid(_density_function(trained), *box, res, nodes=True, progress=progress).cpu().numpy(),
+            lo, hi, frames, masks, inside_hull, cfg, ctx, lap)
     iou = silhouette_iou(mesh, frames, masks)
     lap("mesh")
 
     size = int(cfg["texture_size"])
     atlas = unwrap(mesh, size, int(cfg["padding_px"]))
     lap("uv_atlas")
-    tangent = tangent_frames(atlas, mesh.vertex_normals()[atlas.source_vertex])
+    tangent = tangent_frames(atlas, mesh.vertex_normals[atlas.source_vertex])
     textures = bake_textures(atlas, tangent, _material_function(material_dir, ctx.device), size,
                              progress=lambda it, total: ctx.progress(it, total=total, desc="baking", unit="chunk"))
     (out / "textures").mkdir()

@@ -14,14 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import trimesh
 
 from stages.common.cameras import Frame
-from stages.export.mesh import Mesh, clean_volume, lattice_points, marching_cubes
 from stages.common.images import shrink_view
+from stages.export.mesh import clean_volume, lattice_points, marching_cubes
 from stages.export.preview import pixel_rays
 
 
-def mesh_silhouette(mesh: Mesh, frame: Frame, scene=None) -> np.ndarray:
+def mesh_silhouette(mesh: trimesh.Trimesh, frame: Frame, scene=None) -> np.ndarray:
     """bool [h, w]: pixels whose centre ray hits the mesh."""
     import open3d as o3d
 
@@ -34,7 +35,7 @@ def mesh_silhouette(mesh: Mesh, frame: Frame, scene=None) -> np.ndarray:
     return np.isfinite(scene.cast_rays(rays)["t_hit"].numpy()).reshape(frame.h, frame.w)
 
 
-def silhouette_iou(mesh: Mesh, frames: Sequence[Frame], masks: Sequence[np.ndarray], max_size: int = 256) -> np.ndarray:
+def silhouette_iou(mesh: trimesh.Trimesh, frames: Sequence[Frame], masks: Sequence[np.ndarray], max_size: int = 256) -> np.ndarray:
     """Intersection over union of the mesh's silhouette and the mask, per frame -> [P]."""
     import open3d as o3d
 

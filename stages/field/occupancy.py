@@ -75,6 +75,21 @@ def _cells_inside_masks(cameras: Cameras, distances: list[Tensor], centres: Tens
     return (seen > 0) & (misses <= allowed)
 
 
+def hull_signed_distance(hull: Tensor, aabb_min: Tensor, aabb_max: Tensor) -> Tensor:
+    """Signed distance [G, G, G] (world units, negative inside) from each cell centre of a hull
+    grid [G, G, G] bool over the box to the hull's boundary (halfway between inside and outside
+    cells): an SDF field's starting shape."""
+    from scipy.ndimage import distance_transform_edt
+
+    inside = hull.cpu().numpy()
+    spacing = ((aabb_max - aabb_min) / hull.shape[0]).cpu().numpy().astype(np.float64)
+    half = 0.5 * float(spacing.mean())
+    to_inside = distance_transform_edt(~inside, sampling=spacing)  # outside cells: distance to an inside one
+    to_outside = distance_transform_edt(inside, sampling=spacing)
+    signed = np.where(inside, half - to_outside, to_inside - half)
+    return torch.from_numpy(signed.astype(np.float32)).to(hull.device)
+
+
 class OccupancyGrid:
     """Occupied cells over the box [aabb_min, aabb_max] (world, [3] each), hull: [G, G, G] bool."""
 

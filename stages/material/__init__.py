@@ -117,6 +117,18 @@ def _load_normal_targets(folder: Path, stems: list[str]) -> list[np.ndarray]:
     return targets
 
 
+def _srgb_u8(linear: torch.Tensor) -> np.ndarray:
+    """Linear RGB tensor [..., 3] -> sRGB uint8 numpy."""
+    return (linear_to_srgb(linear).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def _exposed(linear: torch.Tensor) -> torch.Tensor:
+    """Linear RGB [..., 3] scaled so its 99th-percentile non-zero value is 1 (shading and lights
+    are only known up to the albedo's scale, and would otherwise clip to white)."""
+    values = linear[linear > 0]
+    return linear / values.quantile(0.99).clamp(min=1e-6) if values.numel() else linear
+
+
 @torch.no_grad()
 def photo_tiles(field: MaterialField, coeffs: torch.Tensor, direction: torch.Tensor, surface: SurfacePixels,
                 photo: np.ndarray, density: DensityGrid | None, shadow_steps: int,

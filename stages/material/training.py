@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 from stages.field.losses import psnr
-from stages.field.training import TrainResult, config_key, load_checkpoint, save_checkpoint
+from stages.field.checkpoints import (config_key, generator_state, load_checkpoint, restore_generator,
+                                      save_checkpoint)
+from stages.field.training import TrainResult
 from stages.material.lighting import PhotoLighting, positivity_directions
 from stages.material.losses import (albedo_smoothness, colour_loss, light_positivity, normal_loss,
                                     normal_smoothness, specular_regulariser)
@@ -138,7 +140,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
         field.load_state_dict(state["field"])
         lights.load_state_dict(state["lights"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        restore_generator(generator, state["generator"], cfg.seed, int(state["step"]))
         step, elapsed = int(state["step"]), float(state["seconds"])
         curves = {k: list(v) for k, v in state["curves"].items()}
         resumed_from = step
@@ -149,7 +151,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             save_checkpoint(checkpoint_path, {
                 "config_key": key, "step": step, "seconds": elapsed, "field": field.state_dict(),
                 "lights": lights.state_dict(), "optimizer": optimizer.state_dict(), "curves": curves,
-                "generator": generator.get_state()})
+                "generator": generator_state(generator)})
 
     bar = progress(total=cfg.steps) if progress is not None else None
     if bar is not None:
