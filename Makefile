@@ -4,6 +4,8 @@
 #   make test                  run the test suite
 #   make bench                 speed benchmarks (see bench/)
 #   make bench-quality         the whole pipeline on rendered Spot captures against ground truth
+#   make bench-wild            the pipeline on "online collection" captures (../shared/data) against their truth
+#   make gpu-check             parity tests, throughput and the example end to end on a CUDA GPU
 #   make batch CAPTURES=dir OUT=dir -j2
 #                              turn each CAPTURES/NAME/ folder of photos into OUT/NAME.glb,
 #                              redoing only captures whose photos changed
@@ -13,7 +15,7 @@ PYTHON   := $(VENV)/bin/python
 NEROIC   := $(VENV)/bin/neroic
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup system-deps test bench bench-quality batch
+.PHONY: setup system-deps test bench bench-quality bench-wild gpu-check batch
 
 setup: system-deps
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -47,6 +49,13 @@ bench:
 bench-quality:
 	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-constant --lighting constant --until geometry --eval-every 50
 	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-random --lighting random --specular 0.15 --shadows
+
+# The online-collection captures of ../shared/data, each scored against its truth (bench/wild.py).
+bench-wild:
+	$(PYTHON) -m bench.wild spot-wild-true
+
+gpu-check:
+	$(PYTHON) -m bench.gpu_check
 
 # Batch: one neroic run per capture folder. Each job gets BATCH_THREADS threads so that
 # `-j2` on a 2-core machine does not oversubscribe the cores.

@@ -72,8 +72,14 @@ def guarded(func):
 
 
 def _settings(workdir: Workdir, profile, device, overrides) -> dict:
+    """The workdir's settings; with no profile chosen anywhere, a GPU picks the gpu profile."""
     extra = tuple(overrides) + ((f"run.device={device}",) if device else ())
-    return resolve(workdir.config_path, profile, extra)
+    settings = resolve(workdir.config_path, profile, extra)
+    from pipeline.runner import resolve_device
+
+    if resolve_device(settings["run"]["device"]) == "cuda":
+        settings = resolve(workdir.config_path, profile, extra, fallback_profile="gpu")
+    return settings
 
 
 def _print_result(result: StageResult) -> None:
@@ -118,8 +124,8 @@ def _check_writable(out: Path) -> None:
 
 workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
                               default=Path("."), show_default=True, help="The working folder.")
-profile_option = click.option("--profile", type=click.Choice(["preview", "quality"]),
-                              help="Speed/quality preset (default: the config's run.profile).")
+profile_option = click.option("--profile", type=click.Choice(["preview", "quality", "gpu"]),
+                              help="Speed/quality preset (default: the config's run.profile, or gpu when a CUDA GPU is found).")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
                              help="Where the neural stages run (default: the config's run.device).")
 set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",

@@ -106,8 +106,10 @@ def parse_override(text: str) -> tuple[str, str, object]:
 
 
 def resolve(config_path: Path | None, profile: str | None = None,
-            overrides: tuple[str, ...] = ()) -> dict:
-    """The effective configuration: defaults, the workdir's file, the profile, then --set."""
+            overrides: tuple[str, ...] = (), fallback_profile: str | None = None) -> dict:
+    """The effective configuration: defaults, the profile, the workdir's file, then --set.
+    The profile is `profile` (--profile), else run.profile from --set or the workdir's file, else
+    `fallback_profile` (the CLI's choice for the device found), else the default's."""
     settings = defaults()
     profiles = settings.pop("profiles", {})
     user: dict = {}
@@ -120,7 +122,7 @@ def resolve(config_path: Path | None, profile: str | None = None,
     for section, key, value in parsed:
         if (section, key) == ("run", "profile"):
             profile = profile or value
-    chosen = profile or user.get("run", {}).get("profile") or settings["run"]["profile"]
+    chosen = profile or user.get("run", {}).get("profile") or fallback_profile or settings["run"]["profile"]
     if chosen not in profiles:
         raise ConfigError(f"unknown profile {chosen!r}", hint=f"profiles: {', '.join(profiles)}")
     profile_values = copy.deepcopy(profiles[chosen])

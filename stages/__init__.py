@@ -49,7 +49,7 @@ STAGES: tuple[StageSpec, ...] = (
         Figure("Material and lights", ("contact_sheet.png", "losses.png"),
                "Per photo: original, re-rendered, albedo, shading, normals, and a sphere lit by its light, "
                "seen from its camera."),)),
-    StageSpec("export", "stages.export", needs=("masks", "poses", "geometry", "material"), figures=(
+    StageSpec("export", "stages.export", needs=("ingest", "masks", "poses", "geometry", "material"), figures=(
         Figure("Exported model", ("turntable*.png", "screenshot*.png"), "The exported GLB, rendered from around it."),)),
 )
 

@@ -79,3 +79,17 @@ def test_int_accepted_for_float_and_bare_words_are_strings():
 def test_unknown_profile(tmp_path):
     with pytest.raises(ConfigError, match="unknown profile"):
         resolve(None, "turbo")
+
+
+def test_the_gpu_profile_is_the_fallback_only_when_nothing_chose_a_profile(tmp_path):
+    """The CLI passes fallback_profile="gpu" when it finds a CUDA device: it applies unless
+    --profile, --set run.profile or the workdir's file chose a profile."""
+    gpu = defaults()["profiles"]["gpu"]["geometry"]["target_samples"]
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(commented_template())
+    assert resolve(cfg, None, (), fallback_profile="gpu")["geometry"]["target_samples"] == gpu
+    assert resolve(cfg, None, (), fallback_profile="gpu")["run"]["profile"] == "gpu"
+    assert resolve(cfg, "preview", (), fallback_profile="gpu")["run"]["profile"] == "preview"
+    assert resolve(cfg, None, ("run.profile=quality",), fallback_profile="gpu")["run"]["profile"] == "quality"
+    cfg.write_text('[run]\nprofile = "preview"\n')
+    assert resolve(cfg, None, (), fallback_profile="gpu")["run"]["profile"] == "preview"

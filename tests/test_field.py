@@ -14,7 +14,7 @@ from stages.common.cameras import Frame
 from stages.field.encodings import HashGridEncoding, sh_encode
 from stages.field.mlp import MLP
 from stages.field.nerfw_field import NerfWField
-from stages.field.occupancy import OccupancyGrid, carve_visual_hull
+from stages.field.occupancy import OccupancyGrid, carve_visual_hull, hull_signed_distance
 from stages.field.rays import CameraRefinement, Cameras, axis_angle_to_matrix
 from stages.field.rendering import composite, exclusive_transmittance, nerfw_weights, render_image, render_rays
 from stages.field.checkpoints import config_key, load_checkpoint
@@ -232,6 +232,43 @@ def test_visual_hull_of_a_sphere_contains_its_surface_and_little_else():
     assert grid.lookup(far).float().mean() < 0.02
     sphere_fraction = 4 / 3 * math.pi * radius ** 3 / 8.0
     assert float(hull.float().mean()) < 2.0 * sphere_fraction
+
+
+def test_hull_signed_distance_of_a_voxel_sphere_is_its_distance():
+    res, radius = 32, 0.6
+    lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+    centres = -1 + (torch.arange(res) + 0.5) * 2 / res
+    p = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), -1)
+    hull = p.norm(dim=-1) < radius
+    signed = hull_signed_distance(hull, lo, hi)
+    near = (p.norm(dim=-1) - radius).abs() < 0.3
+    assert (signed[hull] < 0).all() and (signed[~hull] > 0).all()
+    assert ((signed - (p.norm(dim=-1) - radius))[near].abs() < 2 / res).all()  # within one cell
+
+
+def test_sdf_field_starts_as_its_prior_and_its_gradient_is_the_normal():
+    """With the residual at zero the SDF is its prior (a sphere here); the finite-difference
+    gradient is the outward normal with unit length; the VolSDF density is 1/width deep inside and
+    vanishes outside."""
+    res, radius = 32, 0.5
+    lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+    centres = -1 + (torch.arange(res) + 0.5) * 2 / res
+    p = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), -1)
+    field = NerfWField(lo, hi, 2, n_levels=4, log2_table=12, max_resolution=64, surface="sdf", prior_resolution=res,
+                       surface_width=0.02, min_surface_width=0.01)
+    field.set_sdf_prior(p.norm(dim=-1) - radius)
+    points = torch.nn.functional.normalize(torch.randn(200, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    points = points * (radius + 0.2 * (torch.rand(200, 1) - 0.5))
+    with torch.no_grad():
+        d, _ = field.sdf(points)
+        gradient = field.sdf_gradient(points, 0.02)
+        sigma_in, _ = field.density(torch.zeros(1, 3))
+        sigma_out, _ = field.density(torch.tensor([[0.9, 0.0, 0.0]]))
+    assert torch.allclose(d, points.norm(dim=-1) - radius, atol=0.02)
+    assert (gradient.norm(dim=-1) - 1).abs().max() < 0.05
+    cos = (torch.nn.functional.normalize(gradient, dim=-1) * torch.nn.functional.normalize(points, dim=-1)).sum(-1)
+    assert cos.min() > 0.995
+    assert torch.allclose(sigma_in, 1 / field.surface_width, rtol=1e-4) and sigma_out.item() < 1e-6
 
 
 def test_occupancy_update_empties_cells_the_field_finds_empty():

@@ -118,3 +118,21 @@ def shrink_view(frame, max_size: int, *images: np.ndarray) -> tuple:
     photo's view at a working size."""
     small = frame.shrunk(max_size)
     return (small, *(resize(image, (small.w, small.h)) for image in images))
+
+
+def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of image [H, W, C] at glTF UVs [N, 2] (v down, texel centres at +0.5),
+    clamped at the border -> [N, C] float64 in the image's own units."""
+    h, w = image.shape[:2]
+    x = np.clip(uv[:, 0] * w - 0.5, 0.0, w - 1.0)
+    y = np.clip(uv[:, 1] * h - 0.5, 0.0, h - 1.0)
+    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2)
+    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+
+    def at(rows, cols):  # gather first: converting the whole image per call would cost more
+        return image[rows, cols].astype(np.float64)
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
+    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
+    return top * (1 - fy) + bottom * fy

@@ -1,21 +1,26 @@
 """Stage 7, export: the trained fields -> a textured, relightable mesh any viewer opens (GLB).
 
-Inputs   geometry/ (the trained density field, occupancy grid with the masks' visual hull, refined
-         cameras.json whose mask_path entries lead to the masks), material/ (material.pt +
+Inputs   ingest/ (the photos), geometry/ (the trained field, occupancy grid with the masks' visual
+         hull, refined cameras.json whose mask_path entries lead to the masks), material/ (material.pt +
          material.json: albedo, specular, glossiness, refined normal at any point;
          lighting.json: the learned per-photo SH lights), poses/normalization.json (the frame).
-Method   1. density of the field on a lattice of `resolution`^3 nodes over the occupied box;
-         2. the threshold (`threshold`, or chosen automatically when 0: the one whose
-            marching-cubes mesh best matches the masks' silhouettes);
-         3. floaters removed (solid regions smaller than `min_component_fraction` of the largest,
-            or centred outside the visual hull), the inside no photo saw into filled
-            (depth maps of the density at `visibility_opacity`), thin tunnels and bridges
-            removed (`morphology_nodes`), marching cubes, small surface pieces dropped,
-            Taubin smoothing (`taubin_iterations`), quadric decimation to `face_budget` faces;
-         4. UV atlas (xatlas) for a `texture_size`^2 texture, `padding_px` texels between charts;
-         5. every texel's surface point -> the material field -> base colour (albedo, sRGB),
-            metallic-roughness (roughness from glossiness, see bake.roughness_from_glossiness;
-            metallic 0), tangent-space normal map of the refined normals; islands dilated;
+Method   1. the geometry field on a lattice of `resolution`^3 nodes over the occupied box: its
+            signed distance (an SDF field) or its density;
+         2. the surface: an SDF's zero level; a density's level `threshold` (or, when 0, the one
+            whose marching-cubes mesh best matches the masks' silhouettes);
+         3. clean-up: solid pieces smaller than `min_component_fraction` of the largest, or
+            centred outside the visual hull, dropped; for a density also the inside no photo saw
+            into filled (depth maps at `visibility_opacity`) and thin tunnels and bridges removed
+            (`morphology_nodes`); marching cubes, small surface pieces dropped, Taubin smoothing
+            (`taubin_iterations`), quadric decimation to `face_budget` faces;
+         4. UV atlas (xatlas) for a `texture_size`^2 texture (0: texels about the photos' pixel
+            footprint on the surface, up to `max_texture_size`), `padding_px` texels between charts;
+         5. every texel's surface point -> the material field -> roughness (from glossiness, see
+            bake.roughness_from_glossiness; metallic 0) and a tangent-space normal map of the
+            refined normals; base colour = the albedo read from the training photos that see the
+            point, each de-lit by its learned light (specular and cast shadows included) and fused
+            robustly (photo_texture.py), blended into the material field's albedo where few
+            photos see it (`photo_texture`); islands dilated;
          6. GLB written in the pipeline's world frame unchanged (with COLMAP poses that frame is
             already centred, radius 1, +Y up; with imported poses it is the user's own frame);
          7. checks: Khronos glTF validator (0 errors required), silhouette IoU against the masks,
@@ -33,7 +38,8 @@ Outputs  export/model.glb        glTF 2.0 binary: POSITION, NORMAL, TANGENT, TEX
          export/export.json      threshold table, IoU per photo, mesh/atlas statistics, validator
                                  report counts, timings
 Config   [export] resolution 256      lattice nodes per axis for marching cubes
-         threshold 0.0                density iso-level (per world unit); 0 = choose by silhouette IoU
+         threshold 0.0                density iso-level (per world unit; density fields only); 0 = choose
+                                      by silhouette IoU
          face_budget 80000            at most this many triangles after decimation
          taubin_iterations 5          Taubin smoothing passes (0: none)
          min_component_fraction 0.05  keep extra solid parts at least this fraction of the largest
@@ -42,7 +48,8 @@ Config   [export] resolution 256      lattice nodes per axis for marching cubes
          visibility_size 96           longer side (pixels) of the depth maps used for that
          morphology_nodes 1           close then open the solid by this many lattice nodes: removes
                                       the noise tunnels and bridges that fragment the UV atlas
-         texture_size 1024            texture width = height in pixels (power of two)
+         texture_size 0, max_texture_size 2048 [quality 4096]   texture side (0: from the photos)
+         photo_texture true           albedo from the de-lit photos where they see the surface
          padding_px 4                 texels between atlas charts
          normal_map true              bake and embed the tangent-space normal map
          write_obj false, write_ply false  also write OBJ/MTL (+ PNGs) and PLY
@@ -81,10 +88,11 @@ def _material_function(material_dir: Path, device: str):
         with torch.no_grad():
             p = torch.as_tensor(positions, dtype=torch.float32, device=device)
             n = torch.as_tensor(normals, dtype=torch.float32, device=device)
-            albedo, _specular, glossiness, refined = field.query(p, n)
-        return {"albedo": albedo.cpu().double().numpy(),
-                "roughness": roughness_from_glossiness(glossiness.cpu().double().numpy()),
-                "normal": refined.cpu().double().numpy()}
+            albedo, specular, glossiness, refined = field.query(p, n)
+        glossiness = glossiness.cpu().double().numpy()
+        return {"albedo": albedo.cpu().double().numpy(), "roughness": roughness_from_glossiness(glossiness),
+                "normal": refined.cpu().double().numpy(), "specular": specular.cpu().double().numpy(),
+                "glossiness": glossiness}
 
     return material_fn
 
@@ -132,6 +140,19 @@ def _mesh_of_density(density, lo, hi, frames, masks, inside_hull, cfg, ctx, lap)
     return mesh, threshold, threshold_table, stats
 
 
+def _photo_views(ctx: StageContext, trained, masks: list[np.ndarray], material_dir: Path) -> list:
+    """The training photos with their cameras, masks and learned lights, for reading the albedo."""
+    from stages.common.cameras import frame_stem
+    from stages.common.inputs import PhotoSet
+    from stages.common.sh import read_lighting
+    from stages.export.photo_texture import PhotoView
+
+    photos = PhotoSet.load(ctx.input("ingest"))
+    lights = {frame_stem(fp): coeffs for fp, coeffs in read_lighting(material_dir / "lighting.json") if fp}
+    return [PhotoView(frame, photos.rgb(frame.stem, (frame.w, frame.h)), mask, lights[frame.stem])
+            for frame, mask in zip(trained.frames, masks) if frame.stem in lights and frame.stem in photos]
+
+
 def _hull_function(grid):
     """points [N, 3] world -> bool [N]: inside the masks' visual hull (the occupancy grid's hull)."""
     import torch
@@ -166,6 +187,7 @@ def run(ctx: StageContext) -> dict:
     from stages.export.bake import bake_textures, tangent_frames, to_uint8
     from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
     from stages.export.mesh import mesh_from_sdf
+    from stages.export.photo_texture import PhotoAlbedo, texture_size_for
     from stages.field.grids import evaluate_on_grid
     from stages.common.cameras import orbit_frames, square_frame
     from stages.export.preview import render_mesh_sh
@@ -212,11 +234,13 @@ def run(ctx: StageContext) -> dict:
     iou = silhouette_iou(mesh, frames, masks)
     lap("mesh")
 
-    size = int(cfg["texture_size"])
+    size = int(cfg["texture_size"]) or texture_size_for(mesh, frames, largest=int(cfg["max_texture_size"]))
     atlas = unwrap(mesh, size, int(cfg["padding_px"]))
     lap("uv_atlas")
     tangent = tangent_frames(atlas, mesh.vertex_normals[atlas.source_vertex])
+    photos = _photo_views(ctx, trained, masks, material_dir) if cfg["photo_texture"] else None
     textures = bake_textures(atlas, tangent, _material_function(material_dir, ctx.device), size,
+                             PhotoAlbedo(mesh, photos) if photos else None,
                              progress=lambda it, total: ctx.progress(it, total=total, desc="baking", unit="chunk"))
     (out / "textures").mkdir()
     write_png(out / "textures" / "base_colour.png", textures.base_colour)
@@ -288,7 +312,8 @@ def run(ctx: StageContext) -> dict:
         "threshold": threshold, "threshold_table": threshold_table,
         "silhouette_iou_mean": float(iou.mean()), "silhouette_iou": {f.stem: round(float(x), 4) for f, x in zip(frames, iou)},
         "mesh": mesh_stats, "atlas": {"vertices": int(len(atlas.vertices)), "utilization": atlas.utilization,
-                                      "texture_size": size, "texel_coverage": float(textures.coverage.mean())},
+                                      "texture_size": size, "texel_coverage": float(textures.coverage.mean()),
+                                      "photo_albedo_share": float(textures.photo_confidence[textures.coverage].mean())},
         "glb_bytes": glb_size, "validator": report, "timings_s": timings, "torch_threads": torch.get_num_threads(),
     }
     (out / "export.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

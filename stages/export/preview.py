@@ -21,7 +21,7 @@ import torch
 from stages.common.cameras import Frame, undistort
 from stages.common.sh import sh_dominant_direction, sh_irradiance
 from stages.common.colour import srgb_to_linear
-from stages.export.bake import sample_texture
+from stages.common.images import sample_bilinear
 from stages.export.gltf import GLBModel, read_glb
 from stages.material.shading import ambient_irradiance
 
@@ -55,7 +55,7 @@ def shading_normals(model: GLBModel, face: np.ndarray, bary: np.ndarray, uv: np.
         return n
     t = interp(model.tangents[:, :3])
     b = interp(np.cross(model.normals, model.tangents[:, :3]) * model.tangents[:, 3:4])
-    n_ts = sample_texture(model.normal[..., :3], uv) / 255.0 * 2.0 - 1.0
+    n_ts = sample_bilinear(model.normal[..., :3], uv) / 255.0 * 2.0 - 1.0
     out = t * n_ts[:, :1] + b * n_ts[:, 1:2] + n * n_ts[:, 2:3]
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-20)
 
@@ -85,7 +85,7 @@ def render_mesh_sh(model: GLBModel | str | Path, frame: Frame, sh_light: np.ndar
     buv = hits["primitive_uvs"].numpy()[hit].astype(np.float64)
     bary = np.stack([1.0 - buv[:, 0] - buv[:, 1], buv[:, 0], buv[:, 1]], axis=1)
     uv = np.einsum("nk,nkc->nc", bary, model.uvs[model.faces[face]])
-    albedo = srgb_to_linear(sample_texture(model.base_colour[..., :3], uv) / 255.0)
+    albedo = srgb_to_linear(sample_bilinear(model.base_colour[..., :3], uv) / 255.0)
     normal = shading_normals(model, face, bary, uv)
     coeffs = torch.from_numpy(np.asarray(sh_light, dtype=np.float64))
     irradiance = sh_irradiance(coeffs, torch.from_numpy(normal)).numpy()

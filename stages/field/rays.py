@@ -29,6 +29,10 @@ class Cameras:
     size: Tensor
     distortion: Tensor
 
+    def __post_init__(self):
+        # known once, on the host: asking the tensor every step would wait for the GPU
+        self.distorted = bool(self.distortion.any())
+
     @staticmethod
     def from_frames(frames: Sequence[Frame]) -> "Cameras":
         """From `stages.common.cameras.Frame`s (as `read_transforms` returns them)."""
@@ -54,9 +58,8 @@ class Cameras:
         fx, fy, cx, cy = self.intrinsics[image_idx].unbind(-1)
         x = (px.float() + 0.5 - cx) / fx
         y = (py.float() + 0.5 - cy) / fy
-        coeffs = self.distortion[image_idx]
-        if bool(coeffs.any()):
-            x, y = undistort(x, y, *coeffs.unbind(-1))
+        if self.distorted:
+            x, y = undistort(x, y, *self.distortion[image_idx].unbind(-1))
         c2w = self.c2w[image_idx]
         rot, origins = c2w[:, :3, :3], c2w[:, :3, 3]
         if refinement is not None:
