@@ -24,7 +24,10 @@ Outputs  geometry/field.pt          state dict (plain tensors; torch.load(weight
                                      the hull; aabb_min [3], aabb_max [3]} over the field's box
          geometry/curves.png        loss and PSNR against step and against time
          geometry/heldout/<stem>.png  photo | render | opacity, side by side
-         geometry/metrics.json      PSNRs per held-out photo, timings, sample counts, curves
+         geometry/metrics.json      PSNRs per held-out photo, timings, sample counts, curves, and
+                                    each mask's verdict against the hull (agrees/repaired/dropped)
+         geometry/masks/<stem>.png  repaired masks (masks.json beside them); cameras.json's
+                                    mask_path points to them
          Load with `stages.field.load_trained_field(geometry_dir, device)`.
 Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_seconds 0,
          target_samples 131072, hash_log2_table 16, steps_across 384, refine_cameras true,
@@ -47,6 +50,9 @@ Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_se
                                      shrinks to the final one over this fraction of the steps
          occupancy_resolution 128, hull_margin_px 2.0, hull_max_miss_fraction 0.05
          occupancy_update_every 16, occupancy_warmup 64
+         repair_masks true           masks checked against the others' visual hull: background pieces
+                                     cut (geometry/masks/, named in a warning), photos whose mask
+                                     disagrees wholesale left out; user masks are kept as they are
          silhouette_weight 0.1, transient_weight 0.01, appearance_weight 0.01 (L2 on appearance codes)
          eikonal_weight 0.1, eikonal_points 8192   (sdf) (|grad d| - 1)^2 on ray samples and the box
          background_fraction 0.2, background_band_px 8 (background rays come from this band)
@@ -67,6 +73,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +86,7 @@ from stages.common.images import shrink_view, write_png
 from stages.common.inputs import MaskSet, PhotoSet
 from stages.common.settings import from_section
 from stages.field.grids import evaluate_on_grid
+from stages.field.mask_agreement import MaskVerdict, agree_masks, hull_silhouette
 from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid, carve_visual_hull, hull_signed_distance
 from stages.field.rays import CameraRefinement, Cameras
@@ -86,17 +94,20 @@ from stages.field.trained import save_trained_field
 from stages.field.training import TrainConfig, TrainingPixels, image_psnr, render_view, train_field
 
 MIN_TRAIN_PHOTOS = 3
+MIN_PHOTOS_FOR_SPARE_MISS = 6  # from this many photos on, the hull tolerates one mask that misses a cell
 
 
-def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.ndarray], list[np.ndarray], int]:
+def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.ndarray], list[np.ndarray],
+                                                           list[str], int]:
     """Usable frames (in transforms.json order) with their photos [H, W, 3] uint8, their masks'
-    coverage [H, W] uint8 (soft at the edges: alpha or rembg) and the masks' threshold."""
+    coverage [H, W] uint8 (soft at the edges: alpha or rembg), where each mask came from (user,
+    alpha, rembg) and the masks' threshold."""
     poses = ctx.input("poses")
     transforms = poses / "transforms.json"
     if not transforms.exists():
         raise NeroicError(f"{transforms} is missing", hint="run the poses stage first")
     photos, masks = PhotoSet.load(ctx.input("ingest")), MaskSet.load(ctx.input("masks"))
-    frames, images, coverages = [], [], []
+    frames, images, coverages, sources = [], [], [], []
     for frame in read_transforms(transforms, roots=[photos.folder, masks.folder]):
         if frame.stem not in photos or not masks.usable(frame.stem):
             continue
@@ -108,7 +119,8 @@ def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.
         frames.append(frame)
         images.append(rgb)
         coverages.append(mask)
-    return frames, images, coverages, masks.threshold
+        sources.append(masks.sources.get(frame.stem, ""))
+    return frames, images, coverages, sources, masks.threshold
 
 
 def _render_supersampled(field: NerfWField, grid: OccupancyGrid, full: Frame, small: Frame, appearance: torch.Tensor,
@@ -160,11 +172,52 @@ def _auto_resolution(cams: Cameras, lo: torch.Tensor, hi: torch.Tensor, factor: 
     return max(2 * base, int(round(factor * float((hi - lo).max()) / footprint)))
 
 
+def _carve(cameras: Cameras, masks: list[np.ndarray], lo: torch.Tensor, hi: torch.Tensor, cfg: dict):
+    """The visual hull of the masks: carved coarsely over the bounds' cube, then at full resolution
+    over the coarse hull's own (tighter) box -> (hull [G, G, G] bool, box min, box max)."""
+    margin, miss = float(cfg["hull_margin_px"]), float(cfg["hull_max_miss_fraction"])
+    res = int(cfg["occupancy_resolution"])
+    spare = 1 if len(masks) >= MIN_PHOTOS_FOR_SPARE_MISS else 0  # one bad mask must not carve the object away
+    coarse = carve_visual_hull(cameras, masks, lo, hi, max(16, res // 2), margin, miss, spare)
+    if not bool(coarse.any()):
+        raise NeroicError("the visual hull is empty: no point of the bounds projects inside the masks of "
+                          "the training photos", hint="the cameras and masks disagree; check the poses "
+                          "stage's output and the masks' contact sheet")
+    lo, hi = _hull_box(coarse, lo, hi)
+    return carve_visual_hull(cameras, masks, lo, hi, res, margin, miss, spare), lo, hi
+
+
+def _agree(ctx: StageContext, frames, coverages, masks, sources, cameras, hull, lo, hi, threshold) -> list[MaskVerdict]:
+    """Check every mask against the hull's silhouette; repair in place (masks, coverages) and write
+    the repaired masks to OUT/masks/ (the frames' mask_path then points there)."""
+    silhouettes = [hull_silhouette(hull, lo, hi, cameras, i) for i in range(len(frames))]
+    repaired, verdicts = agree_masks(masks, silhouettes, [s != "user" for s in sources])
+    folder = Path(ctx.out) / "masks"
+    entries = []
+    for i, verdict in enumerate(verdicts):
+        if verdict.status == "repaired":
+            coverages[i] = np.where(repaired[i], coverages[i], 0).astype(np.uint8)
+            masks[i] = repaired[i]
+            folder.mkdir(exist_ok=True)
+            write_png(folder / f"{frames[i].stem}.png", coverages[i])
+            entries.append({"stem": frames[i].stem, "mask": f"{frames[i].stem}.png", "source": "repaired",
+                            "status": "ok", "removed": round(verdict.removed, 4)})
+            frames[i] = replace(frames[i], mask_path=f"masks/{frames[i].stem}.png")
+    if entries:
+        (folder / "masks.json").write_text(json.dumps({"threshold": threshold, "masks": entries}, indent=1))
+    for status in ("repaired", "dropped"):
+        named = [f"{frames[i].stem} ({v.why})" for i, v in enumerate(verdicts) if v.status == status]
+        if named:
+            ctx.log.warning("%s %d photo(s) whose mask disagrees with the other photos: %s",
+                            status, len(named), "; ".join(named))
+    return verdicts
+
+
 def run(ctx: StageContext) -> dict:
     cfg = ctx.config
     device = torch.device(ctx.device)
     started = time.perf_counter()
-    frames, images, coverages, threshold = _load_views(ctx, int(cfg["max_image_size"]))
+    frames, images, coverages, sources, threshold = _load_views(ctx, int(cfg["max_image_size"]))
     masks = [c >= threshold for c in coverages]
     train_idx, held_idx = _split(frames, int(cfg["holdout_every"]), list(cfg["holdout_stems"]))
     if len(train_idx) < MIN_TRAIN_PHOTOS:
@@ -172,20 +225,29 @@ def run(ctx: StageContext) -> dict:
                           f"(at least {MIN_TRAIN_PHOTOS} needed)",
                           hint="check the poses stage's registered photos and the masks' contact sheet")
     cameras = Cameras.from_frames(frames).to(device)
+    lo, hi = (t.to(device) for t in _bounds(ctx.input("poses")))
+    hull, lo, hi = _carve(cameras.subset(train_idx), [masks[i] for i in train_idx], lo, hi, cfg)
+    verdicts, mask_stems = [], [f.stem for f in frames]
+    if cfg["repair_masks"]:
+        verdicts = _agree(ctx, frames, coverages, masks, sources, cameras, hull, lo, hi, threshold)
+        keep = [i for i, v in enumerate(verdicts) if v.status != "dropped"]
+        if len(keep) < len(frames):
+            train_stems = {frames[i].stem for i in train_idx}
+            frames, images, coverages, masks = ([x[i] for i in keep] for x in (frames, images, coverages, masks))
+            train_idx = [j for j, f in enumerate(frames) if f.stem in train_stems]
+            held_idx = [j for j in range(len(frames)) if j not in set(train_idx)]
+            cameras = Cameras.from_frames(frames).to(device)
+            if len(train_idx) < MIN_TRAIN_PHOTOS:
+                raise NeroicError(f"only {len(train_idx)} training photos have a mask that agrees with the others "
+                                  f"(at least {MIN_TRAIN_PHOTOS} needed)",
+                                  hint="check the masks' contact sheet; give masks with --masks DIR, or "
+                                       "--set geometry.repair_masks=false")
+        if any(v.status != "agrees" for v in verdicts):
+            hull, lo, hi = _carve(cameras.subset(train_idx), [masks[i] for i in train_idx],
+                                  *(t.to(device) for t in _bounds(ctx.input("poses"))), cfg)
     train_cams = cameras.subset(train_idx)
     train_masks = [masks[i] for i in train_idx]
-
-    # occupancy: hull over the bounds' cube, then re-carved over the hull's own (tighter) box
-    lo, hi = (t.to(device) for t in _bounds(ctx.input("poses")))
-    margin, miss = float(cfg["hull_margin_px"]), float(cfg["hull_max_miss_fraction"])
     res = int(cfg["occupancy_resolution"])
-    coarse = carve_visual_hull(train_cams, train_masks, lo, hi, max(16, res // 2), margin, miss)
-    if not bool(coarse.any()):
-        raise NeroicError("the visual hull is empty: no point of the bounds projects inside the masks of "
-                          "the training photos", hint="the cameras and masks disagree; check the poses "
-                          "stage's output and the masks' contact sheet")
-    lo, hi = _hull_box(coarse, lo, hi)
-    hull = carve_visual_hull(train_cams, train_masks, lo, hi, res, margin, miss)
     grid = OccupancyGrid(lo, hi, hull)
     hull_seconds = time.perf_counter() - started
     ctx.log.info("geometry: visual hull %.1f%% of its box (%.1fs)", 100 * float(hull.float().mean()), hull_seconds)
@@ -266,6 +328,8 @@ def run(ctx: StageContext) -> dict:
         "train_photos": len(train_idx), "heldout_photos": len(held_idx), "steps": result.steps_done,
         "resumed_from_step": result.resumed_from, "stopped_early": result.stopped_early,
         "train_seconds": result.seconds, "hull_seconds": hull_seconds, "total_seconds": total,
+        "masks": {stem: {"status": v.status, "removed": round(v.removed, 4), "iou": round(v.iou, 4),
+                         "why": v.why} for stem, v in zip(mask_stems, verdicts)},
         "hull_fraction": float(hull.float().mean()), "hash_max_resolution": max_res, "occupied_fraction_of_hull": result.curves["occupied"][-1]
         if result.curves["occupied"] else 1.0,
         "final_train_psnr": result.curves["psnr"][-1] if result.curves["psnr"] else float("nan"),

@@ -481,3 +481,27 @@ def test_camera_refinement_receives_gradients_through_the_field():
         assert p.abs().max() > 1e-4  # moved by Adam: the gradient reached it
     refined = refinement.apply_to(cams)
     assert not torch.allclose(refined.c2w, cams.c2w)
+
+
+def test_masks_are_checked_against_the_other_photos_hull():
+    """A sky patch stuck to one mask is cut, a mask of something else is dropped, a user's mask is
+    kept as it is, and the good masks agree."""
+    from stages.field.mask_agreement import agree_masks, hull_silhouette
+
+    cams = Cameras.from_frames(_ring_frames(12, 48))
+    masks = _sphere_masks(cams, 0.5)
+    lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+    bad = [m.copy() for m in masks]
+    bad[2][2:8, 2:8] = True  # a patch of background in a corner, touching nothing
+    bad[3][:] = False
+    bad[3][30:46, 0:16] = True  # another object entirely
+    bad[4][2:14, 2:14] = True  # the same patch in a mask the user gave
+    hull = carve_visual_hull(cams, bad, lo, hi, resolution=32, min_misses=1)
+    silhouettes = [hull_silhouette(hull, lo, hi, cams, i) for i in range(len(masks))]
+    editable = [i != 4 for i in range(len(masks))]
+    repaired, verdicts = agree_masks(bad, silhouettes, editable)
+    status = [v.status for v in verdicts]
+    assert status[2] == "repaired" and status[3] == "dropped" and status[4] == "agrees", status
+    assert all(s == "agrees" for i, s in enumerate(status) if i not in (2, 3, 4)), status
+    assert not repaired[2][2:8, 2:8].any() and (repaired[2] & masks[2]).sum() == masks[2].sum()
+    assert np.array_equal(repaired[4], bad[4])

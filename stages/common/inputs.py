@@ -60,12 +60,14 @@ class MaskSet:
     folder: Path
     threshold: int
     files: dict[str, str]  # stem -> PNG name, usable masks only
+    sources: dict[str, str]  # stem -> where the mask came from: "user", "alpha", "rembg", ...
 
     @staticmethod
     def load(folder: Path) -> "MaskSet":
         data = read_listing(Path(folder) / "masks.json", "masks")
-        files = {m["stem"]: m["mask"] for m in data["masks"] if m.get("status") == "ok"}
-        return MaskSet(Path(folder), int(data.get("threshold", 128)), files)
+        usable = [m for m in data["masks"] if m.get("status") == "ok"]
+        return MaskSet(Path(folder), int(data.get("threshold", 128)), {m["stem"]: m["mask"] for m in usable},
+                       {m["stem"]: m.get("source", "") for m in usable})
 
     def usable(self, stem: str) -> bool:
         return stem in self.files

@@ -3,7 +3,8 @@
 Inputs   geometry/ (the trained field, refined cameras, density_grid.npz; loaded with
          stages.field.trained.load_trained_field), normals/views/<stem>.npz (per-pixel normal
          targets {normal [H,W,3] float16 world, alpha [H,W]}), ingest/ photos (8-bit sRGB),
-         masks/ (only status "ok"). Photos used: the geometry stage's training photos.
+         the masks the geometry stage used (its cameras.json mask_path: the masks stage's, or the
+         repaired ones). Photos used: the geometry stage's training photos.
 Method   Every object pixel whose geometry ray is opaque (acc >= min_acc; silhouette edges are
          left out) gets one surface point at the field's expected depth, found once up front
          (surface.py). Training then shades each pixel with ONE material query (linear RGB):
@@ -64,12 +65,12 @@ import torch
 from stages.context import StageContext
 from stages.errors import NeroicError
 from stages.common.images import shrink_view, write_png
-from stages.common.inputs import MaskSet, PhotoSet
+from stages.common.inputs import PhotoSet
 from stages.common.sh import render_lit_sphere
 from stages.common.settings import from_section
 from stages.common.sheets import contact_sheet
 from stages.field.rays import Cameras
-from stages.field.trained import load_trained_field
+from stages.field.trained import frame_masks, load_trained_field
 from stages.material.lighting import PhotoLighting
 from stages.material.material_field import MaterialField, save_material
 from stages.common.colour import linear_to_srgb
@@ -91,17 +92,15 @@ def auto_max_resolution(surface: SurfacePixels, cameras: Cameras, box_extent: fl
     return int(2 ** round(math.log2(min(max(cells, 64.0), 2048.0))))
 
 
-def _load_photos(ctx: StageContext, stems: list[str], sizes: dict[str, tuple[int, int]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Photos [H, W, 3] uint8 sRGB and masks [H, W] bool of `stems`, at the cameras' (w, h)."""
-    photos, mask_set = PhotoSet.load(ctx.input("ingest")), MaskSet.load(ctx.input("masks"))
-    images, masks = [], []
-    for stem in stems:
-        if stem not in photos or not mask_set.usable(stem):
-            raise NeroicError(f"photo {stem} was trained on by the geometry stage but has no photo or usable mask",
-                              hint="rerun the geometry stage (neroic stage geometry --force)")
-        images.append(photos.rgb(stem, sizes[stem]))
-        masks.append(mask_set.binary(stem, sizes[stem]))
-    return images, masks
+def _load_photos(ctx: StageContext, frames: list) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Photos [H, W, 3] uint8 sRGB and masks [H, W] bool of the frames, at the cameras' (w, h); the
+    masks as the geometry stage used them (after its agreement check)."""
+    photos = PhotoSet.load(ctx.input("ingest"))
+    missing = [f.stem for f in frames if f.stem not in photos]
+    if missing:
+        raise NeroicError(f"photos {', '.join(missing)} were trained on by the geometry stage but are not ingested",
+                          hint="rerun the geometry stage (neroic stage geometry --force)")
+    return [photos.rgb(f.stem, (f.w, f.h)) for f in frames], frame_masks(ctx.input("geometry"), frames)
 
 
 def _load_normal_targets(folder: Path, stems: list[str]) -> list[np.ndarray]:
@@ -183,8 +182,7 @@ def run(ctx: StageContext) -> dict:
                           hint="rerun the geometry stage")
     views = [frame_of[s] for s in stems]
     cameras = geometry.cameras.subset(views)
-    sizes = {s: (geometry.frames[frame_of[s]].w, geometry.frames[frame_of[s]].h) for s in stems}
-    images, masks = _load_photos(ctx, stems, sizes)
+    images, masks = _load_photos(ctx, [geometry.frames[v] for v in views])
     normal_targets = _load_normal_targets(ctx.input("normals"), stems)
 
     progress = lambda it, desc: ctx.progress(it, desc=desc, unit="photo")  # noqa: E731
