@@ -2,6 +2,7 @@
 small decomposition of a synthetic capture (random light per photo, specular, cast shadows) on
 its true geometry, judged on held-out views under new lights."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from stages.common.settings import from_section
 from stages.common.sh import ambient_sh, read_lighting
 from bench.relighting import evaluate_capture, fit_channel_scale
 from bench.ground_truth import density_grid_from_mesh, surface_from_capture
-from stages.material.lighting import PhotoLighting
+from stages.material.lighting import PhotoLighting, read_response
 from stages.material.losses import specular_regulariser
 from stages.material.material_field import MaterialField, load_material, save_material
 from stages.common.colour import linear_to_srgb, srgb_to_linear
@@ -136,8 +137,12 @@ def test_decomposition_on_true_geometry_relights_new_views(small_capture, tmp_pa
     assert metrics.relit_psnr > 25.0 and metrics.albedo_psnr > 20.0 and metrics.sphere_psnr > 22.0, metrics.summary()
     assert np.all(np.asarray(metrics.albedo_scale) > 0)
 
-    # the lights written in the shared format read back exactly
-    lights.save(tmp_path / "lighting.json", stems)
+    # the lights written in the shared format read back exactly, the tone curves beside them
+    lights.save(tmp_path / "lighting.json", tmp_path / "camera_response.json", stems)
     back = read_lighting(tmp_path / "lighting.json")
     assert [fp for fp, _ in back] == stems
     assert np.allclose(np.stack([c for _, c in back]), lights.coeffs.detach().double().numpy(), atol=1e-6)
+    gammas = read_response(tmp_path / "camera_response.json")
+    assert list(gammas) == [Path(s).stem for s in stems]
+    assert abs(np.mean(np.log(list(gammas.values())))) < 1e-4  # mean log-gamma is zero by construction
+    assert all(0.7 < g < 1.4 for g in gammas.values())  # the photos share one tone curve

@@ -146,10 +146,13 @@ def _photo_views(ctx: StageContext, trained, masks: list[np.ndarray], material_d
     from stages.common.inputs import PhotoSet
     from stages.common.sh import read_lighting
     from stages.export.photo_texture import PhotoView
+    from stages.material.lighting import read_response
 
     photos = PhotoSet.load(ctx.input("ingest"))
     lights = {frame_stem(fp): coeffs for fp, coeffs in read_lighting(material_dir / "lighting.json") if fp}
-    return [PhotoView(frame, photos.rgb(frame.stem, (frame.w, frame.h)), mask, lights[frame.stem])
+    gammas = read_response(material_dir / "camera_response.json")
+    return [PhotoView(frame, photos.rgb(frame.stem, (frame.w, frame.h)), mask, lights[frame.stem],
+                      gammas.get(frame.stem, 1.0))
             for frame, mask in zip(trained.frames, masks) if frame.stem in lights and frame.stem in photos]
 
 

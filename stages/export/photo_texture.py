@@ -6,8 +6,8 @@ relighting that stays honest.
 
 Each photo that sees a surface point (the point is in front of the mesh from that camera and well
 inside the photo's mask) gives one estimate of its albedo by inverting the material stage's own
-shading model with that photo's learned light (stages/material/shading.py):
-    albedo_j = (photo colour, linear - specular lobe) / (irradiance / pi),
+shading model with that photo's learned light and camera response (stages/material/):
+    albedo_j = (photo colour, linear, tone curve undone - specular lobe) / (irradiance / pi),
 the irradiance losing the light's directional part where a shadow ray towards its dominant
 direction hits the mesh. Estimates are fused robustly: a weighted median of their luminance
 picks the consensus, estimates far from it (a shadow or highlight the light model missed, an
@@ -41,12 +41,14 @@ FULL_CONFIDENCE_WEIGHT = 2.0  # the photos are fully trusted where this many typ
 
 @dataclass
 class PhotoView:
-    """A training photo: its camera, sRGB photo [H, W, 3] uint8, mask [H, W] bool and learned light [9, 3]."""
+    """A training photo: its camera, sRGB photo [H, W, 3] uint8, mask [H, W] bool, learned light
+    [9, 3] and camera response (recorded linear = shaded linear ^ gamma)."""
 
     frame: Frame
     photo: np.ndarray
     mask: np.ndarray
     light: np.ndarray
+    gamma: float = 1.0
 
 
 class PhotoAlbedo:
@@ -97,7 +99,8 @@ class PhotoAlbedo:
         visible = ((np.abs(self.depths[j][row, col] - distance) < self.tolerance) & (cos > MIN_COS)
                    & view.mask[row, col])
         idx, col, row, cos, distance, to_camera = (a[visible] for a in (idx, col, row, cos, distance, to_camera))
-        colour = srgb_to_linear(sample_bilinear(view.photo, pix[idx] / (frame.w, frame.h)) / 255.0)
+        recorded = srgb_to_linear(sample_bilinear(view.photo, pix[idx] / (frame.w, frame.h)) / 255.0)
+        colour = recorded ** (1.0 / view.gamma)  # undo the camera's tone curve
         coeffs = torch.as_tensor(view.light, dtype=torch.float64)
         n_shade = torch.from_numpy(normals[idx]).double()
         visibility = None

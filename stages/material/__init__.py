@@ -11,12 +11,16 @@ Method   Every object pixel whose geometry ray is opaque (acc >= min_acc; silhou
          albedo / pi * E(n) + k_s * sh_specular(reflect(v, n), s) under the photo's own order-2 SH
          light, where cast shadows remove the light's directional part along the ray towards its
          dominant direction through the density grid (visibility.py), so shadows never enter the
-         albedo. Losses: sRGB colour, normals vs the normals stage (20), normal smoothness (0.5),
+         albedo; then the photo's camera response (its gamma, lighting.py). Losses: sRGB colour, normals vs the normals stage (20), normal smoothness (0.5),
          L1 albedo smoothness (0.1), a specular regulariser against spatial variation of the
          lobe (0.02; it acts, unlike NeROIC's release, and does not shrink the lobe), light
-         positivity (5). Learning rates warm up over 20 steps, then decay (cosine).
+         positivity (5), response (0.1: gammas near 1, the lights' mean colour grey). Learning
+         rates warm up over 20 steps, then decay (cosine).
 Outputs  material/lighting.json   one light per training photo (method.md format: file_path of the
-                                  photo, "sh" [[r, g, b] x 9] linear RGB radiance)
+                                  photo, "sh" [[r, g, b] x 9] linear RGB radiance; its colour
+                                  channels carry the photo's exposure and white balance)
+         material/camera_response.json  [{file_path, gamma}]: each photo's tone curve, recorded
+                                  linear = shaded linear ^ gamma (lighting.py)
          material/material.pt     state dict of the material field (plain tensors)
          material/material.json   its hyper-parameters; load both with
                                   stages.material.material_field.load_material(folder, device), then
@@ -44,6 +48,7 @@ Config   [material] (defaults; `preview` / `quality` profile values in brackets)
          mlp_width 64, mlp_layers 2
          normal_weight 20.0, smoothness_weight 0.5, albedo_smoothness_weight 0.1,
          specular_weight 0.02, positivity_weight 5.0
+         response_weight 0.1             L2 on the photos' log-gammas + the lights' mean colour grey
          shadows true, shadow_steps 32   cast shadows from the density grid
          min_acc 0.98                    opacity a pixel's ray needs to count as on the surface
          contact_sheet_photos 8, checkpoint_every 250, seed 0
@@ -152,7 +157,7 @@ def _plot_losses(path: Path, curves: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for name in ("loss", "colour", "normal", "smoothness", "albedo_smoothness", "specular", "positivity"):
+    for name in ("loss", "colour", "normal", "smoothness", "albedo_smoothness", "specular", "positivity", "response"):
         values = np.maximum(np.asarray(curves[name], dtype=np.float64), 1e-12)
         axes[0].plot(curves["step"], values, label=name)
     axes[0].set(xlabel="step", ylabel="value (unweighted terms)", yscale="log", title="material losses")
@@ -209,7 +214,7 @@ def run(ctx: StageContext) -> dict:
 
     out = Path(ctx.out)
     file_paths = [geometry.frames[v].file_path for v in views]
-    lights.save(out / "lighting.json", file_paths)
+    lights.save(out / "lighting.json", out / "camera_response.json", file_paths)
     save_material(field, out)
     _plot_losses(out / "losses.png", result.curves)
     shadow_grid = density if cfg["shadows"] else None

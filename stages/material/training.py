@@ -52,6 +52,7 @@ class MaterialTrainConfig:
     albedo_smoothness_weight: float
     specular_weight: float
     positivity_weight: float
+    response_weight: float  # keeps the tone curves near gamma 1 and the lights' mean colour grey
     coarse_to_fine: float  # share of the steps over which the hash levels are switched on
     shadows: bool  # cast shadows from the density grid (needs `density`)
     shadow_steps: int
@@ -131,7 +132,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
     generator.manual_seed(cfg.seed)
     sphere = positivity_directions(cfg.positivity_directions, device)
     names = ("step", "seconds", "loss", "colour", "normal", "smoothness", "albedo_smoothness", "specular", "positivity",
-             "psnr")
+             "response", "psnr")
     curves: dict[str, list[float]] = {k: [] for k in names}
     step, elapsed, resumed_from = 0, 0.0, 0
 
@@ -169,10 +170,11 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             field.set_active_levels(_active_levels(step, cfg, field.encoding.n_levels))
             index = torch.randint(0, len(surface), (cfg.batch_size,), generator=generator, device=device)
             material, shading, _ = render_surface(field, lights, surface, index, shadow_grid, cfg.shadow_steps)
-            rendered = linear_to_srgb(shading.rgb)
+            rendered = linear_to_srgb(lights.respond(shading.rgb, surface.image[index]))
             target = surface.rgb[index]
             terms = {
                 "colour": colour_loss(rendered, target),
+                "response": lights.log_gamma.square().mean() + lights.neutrality(),
                 "normal": normal_loss(material.normal, surface.normals[index]),
                 "specular": specular_regulariser(material.specular, material.glossiness),
                 "positivity": light_positivity(lights.negative_radiance(sphere)),
@@ -184,7 +186,8 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             terms["albedo_smoothness"] = albedo_smoothness(material.albedo[:n_smooth], moved.albedo)
             loss = (terms["colour"] + cfg.normal_weight * terms["normal"] + cfg.smoothness_weight * terms["smoothness"]
                     + cfg.albedo_smoothness_weight * terms["albedo_smoothness"]
-                    + cfg.specular_weight * terms["specular"] + cfg.positivity_weight * terms["positivity"])
+                    + cfg.specular_weight * terms["specular"] + cfg.positivity_weight * terms["positivity"]
+                    + cfg.response_weight * terms["response"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
