@@ -42,7 +42,10 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("geometry", "stages.geometry", needs=("ingest", "masks", "poses"), figures=(
         Figure("Geometry training", ("curves.png",), "Loss and held-out PSNR against step and time."),
         Figure("Held-out photos and renders", ("heldout/*.png",),
-               "Photos not used for training, beside the field's renders of the same cameras."))),
+               "Photos not used for training, beside the field's renders of the same cameras."),
+        Figure("What only one photo showed", ("transient.png",),
+               "Training photos, their static render, and the transient part (occluders, cast shadows, highlights "
+               "of that photo alone), which stays out of the shape and the material."))),
     StageSpec("normals", "stages.normals", needs=("ingest", "poses", "geometry"), figures=(
         Figure("Normals", ("preview.png",), "Volume-rendered Sobel normals."),)),
     StageSpec("material", "stages.material", needs=("ingest", "masks", "poses", "geometry", "normals"), figures=(

@@ -24,6 +24,8 @@ Outputs  geometry/field.pt          state dict (plain tensors; torch.load(weight
                                      the hull; aabb_min [3], aabb_max [3]} over the field's box
          geometry/curves.png        loss and PSNR against step and against time
          geometry/heldout/<stem>.png  photo | render | opacity, side by side
+         geometry/transient.png     a few training photos | static render | transient render |
+                                    transient opacity (what only that photo showed)
          geometry/metrics.json      PSNRs per held-out photo, timings, sample counts, curves, and
                                     each mask's verdict against the hull (agrees/repaired/dropped)
          geometry/masks/<stem>.png  repaired masks (masks.json beside them); cameras.json's
@@ -83,6 +85,8 @@ from stages.context import StageContext
 from stages.errors import NeroicError
 from stages.common.cameras import Frame, read_transforms
 from stages.common.images import shrink_view, write_png
+from stages.common.notes import write_photo_notes
+from stages.common.sheets import contact_sheet
 from stages.common.inputs import MaskSet, PhotoSet
 from stages.common.settings import from_section
 from stages.field.grids import evaluate_on_grid
@@ -91,6 +95,7 @@ from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid, carve_visual_hull, hull_signed_distance
 from stages.field.rays import CameraRefinement, Cameras
 from stages.field.trained import save_trained_field
+from stages.field.rendering import render_rays
 from stages.field.training import TrainConfig, TrainingPixels, image_psnr, render_view, train_field
 
 MIN_TRAIN_PHOTOS = 3
@@ -322,6 +327,16 @@ def run(ctx: StageContext) -> dict:
         result.curves["eval_seconds"].append(result.seconds)
         result.curves["heldout_psnr"].append(mean_masked)
     _plot_curves(out / "curves.png", result.curves)
+    if field.has_transient:
+        _transient_sheet(out / "transient.png", field, grid, frames, images, train_idx, step_size)
+    held_stems = {frames[i].stem for i in held_idx}
+    notes = {f.stem: {"role": "held out" if f.stem in held_stems else "training"} for f in frames}
+    for stem, verdict in zip(mask_stems, verdicts):
+        if verdict.status == "dropped":
+            notes[stem] = {"dropped": verdict.why}
+        else:
+            notes[stem]["mask check"] = verdict.why or verdict.status
+    write_photo_notes(out, notes)
     total = time.perf_counter() - started
     metrics = {
         "heldout_psnr_masked": mean_masked, "heldout_psnr_image": mean_image, "heldout": per_photo,
@@ -353,6 +368,32 @@ def _write_density_grid(path: Path, field: NerfWField, grid: OccupancyGrid, res:
     lo, hi = field.aabb_min, field.aabb_min + field.aabb_size
     density = evaluate_on_grid(hull_density, lo, hi, res)
     np.savez(path, density=density.cpu().numpy(), aabb_min=lo.cpu().numpy(), aabb_max=hi.cpu().numpy())
+
+
+@torch.no_grad()
+def _transient_sheet(path: Path, field: NerfWField, grid: OccupancyGrid, frames: list[Frame], images: list[np.ndarray],
+                     train_idx: list[int], step_size: float, photos: int = 4, size: int = 240) -> None:
+    """What the transient part took from a few training photos: photo | static render | transient
+    render | transient opacity. Occluders, cast shadows and highlights that only one photo shows
+    belong in the transient column, not in the shape or its colour."""
+    tiles, labels = [], []
+    device = field.aabb_min.device
+    for j in np.linspace(0, len(train_idx) - 1, min(photos, len(train_idx))).round().astype(int):
+        i = train_idx[j]
+        frame, photo = shrink_view(frames[i], size, images[i])
+        cams = Cameras.from_frames([frame]).to(device)
+        py, px = torch.meshgrid(torch.arange(frame.h, device=device), torch.arange(frame.w, device=device), indexing="ij")
+        origins, dirs = cams.rays(torch.zeros(px.numel(), dtype=torch.long, device=device), px.reshape(-1), py.reshape(-1))
+        code = torch.full((px.numel(),), j, dtype=torch.long, device=device)
+        parts = [render_rays(field, grid, origins[k:k + 8192], dirs[k:k + 8192], field.appearance(code[k:k + 8192]),
+                             step_size, transient_codes=field.transient_codes(code[k:k + 8192]))
+                 for k in range(0, px.numel(), 8192)]
+        static = torch.cat([p["rgb"] for p in parts]).view(frame.h, frame.w, 3)
+        transient = torch.cat([p["rgb_transient"] for p in parts]).view(frame.h, frame.w, 3)
+        opacity = torch.cat([p["acc_transient"] for p in parts]).view(frame.h, frame.w, 1).expand(-1, -1, 3)
+        tiles += [photo] + [(t.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in (static, transient, opacity)]
+        labels += [frame.stem, "static", "transient", "transient opacity"]
+    write_png(path, contact_sheet(tiles, labels, tile_height=size, columns=4))
 
 
 def _write_heldout_png(path: Path, photo: np.ndarray, render: dict) -> None:

@@ -90,3 +90,19 @@ def test_rembg_matches_the_true_silhouette_of_a_rendered_object(tmp_path, make_p
         mask = np.asarray(Image.open(folder / masks[stem]["mask"])) >= 128
         iou = (mask & gt).sum() / (mask | gt).sum()
         assert iou > 0.97, (stem, iou)
+
+
+def test_a_blurred_photo_is_excluded_and_named(real_photos, make_pipeline, caplog):
+    import logging
+
+    from PIL import ImageFilter
+
+    with Image.open(real_photos / "03.jpg") as im:
+        im.filter(ImageFilter.GaussianBlur(8)).save(real_photos / "03_shaken.jpg", quality=92)
+    with caplog.at_level(logging.WARNING, logger="neroic"):
+        folder, masks = _masks(make_pipeline(real_photos, ["ingest.max_size=320"]))
+    assert masks["03_shaken"]["status"] == "blurred"
+    assert all(m["status"] == "ok" for stem, m in masks.items() if stem != "03_shaken")
+    assert "excluding 03_shaken: it is blurred" in caplog.text
+    notes = json.loads((folder / "photo_notes.json").read_text())["rows"]
+    assert notes["03_shaken"]["dropped"] == "blurred" and "rembg" in notes["01"]["mask"]

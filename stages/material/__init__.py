@@ -27,6 +27,9 @@ Outputs  material/lighting.json   one light per training photo (method.md format
                                   field.query(positions [N,3] world, normals [N,3]) -> albedo [N,3]
                                   linear RGB, specular [N], glossiness [N], refined normal [N,3]
          material/losses.png      loss terms and training PSNR against step
+         material/spheres/<stem>.png  each photo's light on a sphere (one exposure for all)
+         material/photo_notes.json  per photo: light, exposure (stops from the median), white
+                                  balance (the light's ambient colour), gamma (for the report)
          material/contact_sheet.png  per photo: original, re-rendered, albedo, shading (irradiance /
                                   pi), refined normals, a sphere lit by the photo's light and
                                   seen from its camera (shading and sphere exposure-normalised;
@@ -72,6 +75,7 @@ from stages.errors import NeroicError
 from stages.common.images import shrink_view, write_png
 from stages.common.inputs import PhotoSet
 from stages.common.sh import render_lit_sphere
+from stages.common.notes import write_photo_notes
 from stages.common.settings import from_section
 from stages.common.sheets import contact_sheet
 from stages.field.rays import Cameras
@@ -149,6 +153,27 @@ def photo_tiles(field: MaterialField, coeffs: torch.Tensor, direction: torch.Ten
     return [photo, _srgb_u8(surface.paint(0, shading.rgb)), _srgb_u8(surface.paint(0, material.albedo)),
             _srgb_u8(_exposed(surface.paint(0, shading.irradiance / math.pi))), normals_u8,
             _srgb_u8(_exposed(torch.from_numpy(sphere * alpha[..., None])))]
+
+
+def _photo_notes(out: Path, lights: PhotoLighting, stems: list[str], frames: list) -> None:
+    """Per photo for the report: its learned light as a sphere seen from its camera (one exposure
+    for all photos, so their brightness compares), its exposure and white balance (the light's
+    ambient level and colour) and its camera's gamma."""
+    coeffs = lights.coeffs.detach().cpu().double()
+    spheres = [render_lit_sphere(c, 64, rotation=f.c2w[:3, :3]) for c, f in zip(coeffs, frames)]
+    scale = float(np.quantile(np.concatenate([img[a > 0].ravel() for img, a in spheres]), 0.99)) or 1.0
+    ambient = coeffs[:, 0, :].numpy()
+    level = ambient @ np.array([0.2126, 0.7152, 0.0722])
+    typical = float(np.median(level)) or 1.0
+    (out / "spheres").mkdir()
+    notes = {}
+    for stem, (image, alpha), rgb, lum, gamma in zip(stems, spheres, ambient, level, lights.gamma().tolist()):
+        write_png(out / "spheres" / f"{stem}.png", _srgb_u8(torch.from_numpy(image * alpha[..., None] / scale)))
+        balance = rgb / max(float(rgb.mean()), 1e-9)
+        notes[stem] = {"light": {"image": f"spheres/{stem}.png"},
+                       "exposure": f"{np.log2(max(lum, 1e-9) / typical):+.1f} stops",
+                       "white balance": " : ".join(f"{v:.2f}" for v in balance), "gamma": f"{gamma:.2f}"}
+    write_photo_notes(out, notes)
 
 
 def _plot_losses(path: Path, curves: dict) -> None:
@@ -231,6 +256,7 @@ def run(ctx: StageContext) -> dict:
                              int(cfg["shadow_steps"]), rotation=frame.c2w[:3, :3])
         labels += [f"{stems[j]} photo", "re-rendered", "albedo", "shading", "normals", "light"]
     write_png(out / "contact_sheet.png", contact_sheet(tiles, labels, columns=6))
+    _photo_notes(out, lights, stems, [geometry.frames[v] for v in views])
 
     total = time.perf_counter() - started
     last = {k: v[-1] for k, v in result.curves.items() if v}
