@@ -99,3 +99,26 @@ def test_empty_folder(tmp_path, make_pipeline):
     (tmp_path / "empty").mkdir()
     with pytest.raises(NeroicError, match="no files"):
         make_pipeline(tmp_path / "empty").run_stage(INGEST)
+
+
+def test_heic_cmyk_and_16_bit_photos_read_like_jpegs(real_photos, make_pipeline):
+    """What phones and editors write: HEIC (with its EXIF focal), CMYK JPEG, 16-bit PNG."""
+    with Image.open(real_photos / "01.jpg") as im:
+        im.save(real_photos / "iphone.heic", exif=im.info["exif"], quality=90)
+        rgb = np.asarray(im)
+    (real_photos / "01.jpg").unlink()
+    with Image.open(real_photos / "02.jpg") as im:
+        im.convert("CMYK").save(real_photos / "print.jpg", quality=95)
+    Image.fromarray((rgb.astype(np.uint16) * 257)[..., 1]).save(real_photos / "deep.png")
+    result = _photos(make_pipeline(real_photos, ["ingest.max_size=320"]))
+    by_name = {p["name"]: p for p in result["photos"]}
+    assert not result["skipped"], result["skipped"]
+    heic = by_name["iphone.heic"]
+    assert (heic["width"], heic["height"]) == (320, 213) and heic["camera"] == "Canon EOS REBEL T3"
+    assert heic["focal_px"] == pytest.approx(SKULL_FOCAL_1024 * 320 / 1024, rel=1e-3)
+    folder = real_photos.parent / "work" / "ingest"
+    decoded = np.asarray(Image.open(folder / heic["image"]).convert("RGB")).astype(float)
+    original = np.asarray(Image.fromarray(rgb).resize((320, 213), Image.Resampling.LANCZOS)).astype(float)
+    assert np.abs(decoded - original).mean() < 4.0  # the same picture, up to HEIC's compression
+    printed = np.asarray(Image.open(folder / by_name["print.jpg"]["image"]).convert("RGB")).astype(float)
+    assert printed.mean() > 20 and by_name["deep.png"]["width"] == 320

@@ -7,6 +7,7 @@ decompression bomb is refused before it is decoded).
 """
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own bomb guard is replaced by the explicit pixel limit passed to load_photo.
 Image.MAX_IMAGE_PIXELS = None
+try:  # iPhone photos: HEIC/HEIF through libheif
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - pillow-heif is a dependency; without it HEIC is "not an image"
+    pass
 
 
 class UnreadableImage(Exception):
@@ -38,6 +45,23 @@ def _exif_dict(img: Image.Image) -> dict:
     except Exception:  # malformed EXIF must not make a good photo unusable
         return {}
     return {ExifTags.TAGS.get(k, str(k)): v for k, v in merged.items()}
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """Colours converted from the photo's embedded ICC profile (Display P3 on iPhones, Adobe RGB,
+    a CMYK press profile) to sRGB, which every later stage assumes; unchanged without a profile
+    (or with one that cannot be read)."""
+    from PIL import ImageCms
+
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
+        return img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
+        return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode=out_mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img
 
 
 def _to_8bit_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -70,11 +94,12 @@ def load_photo(path: Path, max_pixels: int) -> Photo:
             exif = _exif_dict(img)
             img.load()
             img = ImageOps.exif_transpose(img)
+            img = _to_srgb(img)
             rgb, alpha = _to_8bit_channels(img)
     except UnreadableImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise UnreadableImage("not an image format neroic reads (JPEG or PNG)") from None
+        raise UnreadableImage("not an image format neroic reads (JPEG, PNG, HEIC, TIFF, WebP)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImage(f"corrupt or truncated image ({e})") from None
     if rgb.shape[0] < 16 or rgb.shape[1] < 16:
