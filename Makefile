@@ -50,9 +50,11 @@ bench-quality:
 	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-constant --lighting constant --until geometry --eval-every 50
 	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-random --lighting random --specular 0.15 --shadows
 
-# The online-collection captures of ../shared/data, each scored against its truth (bench/wild.py).
+# The online-collection captures of ../shared/data and the skull example, each scored against its
+# truth (bench/wild.py; about an hour on 2 cores); results in bench-runs/wild/CASE/metrics.json.
+WILD_CASES ?= spot-wild-true spot-wild dino ethiopian-head skull
 bench-wild:
-	$(PYTHON) -m bench.wild spot-wild-true
+	for case in $(WILD_CASES); do $(PYTHON) -m bench.wild $$case || exit 1; done
 
 gpu-check:
 	$(PYTHON) -m bench.gpu_check
