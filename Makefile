@@ -4,6 +4,8 @@
 #   make test                  run the test suite
 #   make bench                 speed benchmarks (see bench/)
 #   make bench-quality         the whole pipeline on rendered Spot captures against ground truth
+#   make bench-wild            the pipeline on "online collection" captures (../shared/data) against their truth
+#   make gpu-check             parity tests, throughput and the example end to end on a CUDA GPU
 #   make batch CAPTURES=dir OUT=dir [BATCH_ARGS="--engine ray --keep-going"]
 #                              `neroic batch`: each CAPTURES/NAME/ folder into OUT/NAME.glb,
 #                              redoing only what changed (see the README's batch section)
@@ -13,7 +15,7 @@ PYTHON   := $(VENV)/bin/python
 NEROIC   := $(VENV)/bin/neroic
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup system-deps test bench bench-quality batch
+.PHONY: setup system-deps test bench bench-quality bench-wild gpu-check batch
 
 setup: system-deps
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -48,6 +50,15 @@ bench:
 bench-quality:
 	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-constant --lighting constant --until geometry --eval-every 50
 	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-random --lighting random --specular 0.15 --shadows
+
+# The online-collection captures of ../shared/data and the skull example, each scored against its
+# truth (bench/wild.py; about an hour on 2 cores); results in bench-runs/wild/CASE/metrics.json.
+WILD_CASES ?= spot-wild-true spot-wild dino ethiopian-head skull
+bench-wild:
+	for case in $(WILD_CASES); do $(PYTHON) -m bench.wild $$case || exit 1; done
+
+gpu-check:
+	$(PYTHON) -m bench.gpu_check
 
 # Batch: a thin wrapper of `neroic batch` (it schedules the stages of every capture itself, so no -j).
 CAPTURES ?= captures

@@ -34,12 +34,12 @@ from typing import Callable
 from pipeline.batch_stage import StageJob, StageOutcome, code_version
 from pipeline.cache import read_manifest, write_json_atomic
 from pipeline.config import resolve
-from pipeline.context import Sources
-from pipeline.errors import NeroicError
+from stages.context import Sources
+from stages.errors import NeroicError
 from pipeline.workdir import Workdir
 from stages import STAGE_NAMES, STAGES
 
-GPU_STAGES = frozenset({"geometry", "material"})  # the stages that train neural fields
+GPU_STAGES = frozenset({"geometry", "normals", "material", "export"})  # the stages that run the neural field
 RECORD_NAME = "batch.json"
 CAPTURES_IN_FLIGHT_PER_SLOT = 2
 
@@ -84,13 +84,18 @@ class BatchPlan:
     def model(self, capture: str) -> Path:
         return (self.out / f"{capture}.glb").resolve()
 
-    def stage_options(self) -> tuple[str, ...]:
-        profile = ("--profile", self.profile) if self.profile else ()
-        return profile + tuple(arg for o in self.overrides for arg in ("--set", o))
+    def stage_options(self, capture: str, gpu: bool) -> tuple[str, ...]:
+        """--set arguments for every stage of a capture, its profile pinned: with none chosen (by
+        --profile, --set run.profile or its config.toml), the gpu profile when the engine has GPUs,
+        as `neroic run` picks it, so that every stage, wherever it runs, sees the same settings."""
+        chosen = resolve(Workdir(self.workdir(capture)).config_path, self.profile, self.overrides,
+                         fallback_profile="gpu" if gpu else None)["run"]["profile"]
+        return tuple(arg for o in (*self.overrides, f"run.profile={chosen}") for arg in ("--set", o))
 
-    def jobs(self, capture: str) -> list[StageJob]:
-        code = code_version()
-        return [StageJob(capture, spec.name, i + 1, self.workdir(capture), self.model(capture), self.stage_options(),
+    def jobs(self, capture: str, gpu: bool) -> list[StageJob]:
+        """The capture's stage jobs, in order; `gpu`: the engine has GPUs."""
+        code, options = code_version(), self.stage_options(capture, gpu)
+        return [StageJob(capture, spec.name, i + 1, self.workdir(capture), self.model(capture), options,
                          gpu=spec.name in GPU_STAGES, code=code) for i, spec in enumerate(STAGES)]
 
 
@@ -164,7 +169,7 @@ def run_batch(plan: BatchPlan, engine, keep_going: bool,
                          [c.name for c in plan.captures], dt.datetime.now().astimezone().isoformat(timespec="seconds"))
     record.save()
     waiting = deque(c.name for c in plan.captures)
-    jobs = {name: plan.jobs(name) for name in waiting}
+    jobs = {name: plan.jobs(name, engine.has_gpu) for name in waiting}
     active: set[str] = set()
     stopping = False
     t0 = time.perf_counter()

@@ -29,7 +29,7 @@ import subprocess
 import threading
 
 from pipeline.batch_stage import StageJob, StageOutcome, StageProcessLost, run_stage_job
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 log = logging.getLogger("neroic")
 
@@ -92,6 +92,10 @@ class LocalEngine:
     @property
     def slots(self) -> int:
         return self.cpus // self.cpus_per_stage
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpu_ids)
 
     @property
     def outstanding(self) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.batch import BatchRecord, CaptureRow
 from pipeline.cache import read_manifest
-from pipeline.report import REPORT_NAME, embed_jpeg
+from pipeline.report import REPORT_NAME, _embed
 from stages import STAGE_NAMES
 
 THUMBNAIL_WIDTH = 240
@@ -26,14 +26,16 @@ def _thumbnail(workdir: Path) -> str:
             continue
         found = sorted((workdir / stage).glob(name))
         if found:
-            return f'<img src="{embed_jpeg(found[0], THUMBNAIL_WIDTH)}" alt="{html.escape(pattern)}">'
+            return f'<img src="{_embed(found[0], THUMBNAIL_WIDTH)}" alt="{html.escape(pattern)}">'
     return ""
 
 
 def _row(out: Path, row: CaptureRow) -> str:
     workdir = out / f"{row.name}.neroic"
     manifests = {stage: read_manifest(workdir / stage) or {} for stage in STAGE_NAMES}
-    links = [f'<a href="{html.escape(row.name)}.neroic/{REPORT_NAME}">report</a>'] if (workdir / REPORT_NAME).exists() else []
+    links = []
+    if (workdir / REPORT_NAME).exists():
+        links.append(f'<a href="{html.escape(row.name)}.neroic/{REPORT_NAME}">report</a>')
     if (out / f"{row.name}.glb").exists():
         links.append(f'<a href="{html.escape(row.name)}.glb">model</a>')
     if row.failed:
@@ -50,7 +52,8 @@ def _row(out: Path, row: CaptureRow) -> str:
 def write_batch_report(out: Path, rows: list[CaptureRow], record: BatchRecord | None) -> Path:
     """(Re)write OUT/report.html; returns its path."""
     out = Path(out)
-    meta = f"written {dt.datetime.now().astimezone():%Y-%m-%d %H:%M}; {sum(r.done for r in rows)} of {len(rows)} captures done"
+    meta = (f"written {dt.datetime.now().astimezone():%Y-%m-%d %H:%M}; "
+            f"{sum(r.done for r in rows)} of {len(rows)} captures done")
     if record is not None:
         meta += f"; last batch: {record.engine}, {record.wall_seconds:.0f} s wall"
     head = "".join(f"<th>{h}</th>" for h in ("", "capture", "state", *KEY_FIGURES, "compute", "peak memory"))

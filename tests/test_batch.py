@@ -24,7 +24,8 @@ from stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = ("cap1", "cap2", "cap3")
-TINY = ["--set", "geometry.steps=80", "--set", "geometry.max_seconds=0", "--set", "geometry.target_samples=8192",
+TINY = ["--profile", "preview",  # a logical GPU must not pick the gpu profile
+        "--set", "geometry.steps=80", "--set", "geometry.max_seconds=0", "--set", "geometry.target_samples=8192",
         "--set", "geometry.hash_levels=8", "--set", "geometry.hash_log2_table=12", "--set", "geometry.steps_across=64",
         "--set", "geometry.occupancy_resolution=32", "--set", "geometry.density_grid_resolution=32",
         "--set", "geometry.heldout_image_size=48", "--set", "normals.resolution=32",

@@ -15,7 +15,7 @@ import numpy as np
 import pycolmap
 from PIL import Image, ImageFilter
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.cameras import PERSPECTIVE_MODELS
 from stages.poses.colmap_model import Solution, frame_from_image, solution_of
 from stages.poses.photos import PhotoInput, read_mask
