@@ -17,22 +17,23 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batch import find_captures
+from pipeline.batch import GPU_STAGES, find_captures
 from pipeline.batch_stage import error_message
 from pipeline.runner import thread_budget
 from stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = ("cap1", "cap2", "cap3")
-TINY = ["--profile", "preview",  # a logical GPU must not pick the gpu profile
-        "--set", "geometry.steps=80", "--set", "geometry.max_seconds=0", "--set", "geometry.target_samples=8192",
-        "--set", "geometry.hash_levels=8", "--set", "geometry.hash_log2_table=12", "--set", "geometry.steps_across=64",
-        "--set", "geometry.occupancy_resolution=32", "--set", "geometry.density_grid_resolution=32",
-        "--set", "geometry.heldout_image_size=48", "--set", "normals.resolution=32",
-        "--set", "normals.tighten_resolutions=[32]", "--set", "material.steps=20",
-        "--set", "material.max_pixels_per_photo=500", "--set", "material.hash_log2_table=12",
-        "--set", "export.resolution=32", "--set", "export.texture_size=64", "--set", "export.face_budget=2000",
-        "--set", "export.turntable_frames=0", "--set", "export.screenshot=false"]
+TINY = ["--profile", "preview"] + [arg for setting in (  # a logical GPU must not pick the gpu profile
+    "geometry.steps=30", "geometry.eikonal_points=2048", "geometry.max_seconds=0", "geometry.target_samples=8192",
+    "geometry.hash_levels=8", "geometry.hash_log2_table=12", "geometry.steps_across=64",
+    "geometry.occupancy_resolution=32", "geometry.density_grid_resolution=32", "geometry.heldout_image_size=48",
+    "normals.resolution=32", "normals.tighten_resolutions=[32]",
+    "material.steps=10", "material.shadows=false", "material.contact_sheet_photos=2",
+    "material.max_pixels_per_photo=500", "material.hash_log2_table=12",
+    "export.resolution=32", "export.texture_size=64", "export.face_budget=2000", "export.turntable_frames=0",
+    "export.screenshot=false",
+) for arg in ("--set", setting)]
 
 
 def batch_command(*args) -> list[str]:
@@ -216,13 +217,13 @@ def test_ray_batch_retries_a_killed_worker_and_fails_only_the_bad_capture(ray_ba
             assert stamps[later]["started"] >= stamps[earlier]["started"], (name, earlier, later)
 
 
-def test_ray_batch_gives_the_gpu_to_one_gpu_stage_at_a_time(ray_batch):
+def test_ray_batch_gives_the_gpu_to_one_field_stage_at_a_time(ray_batch):
     out = ray_batch[0]
     record = json.loads((out / "batch.json").read_text())
     outcomes = [o for o in record["outcomes"] if o["status"] == "ran"]
     assert len(outcomes) == 3 * 7
     for o in outcomes:
-        assert o["gpus"] == ("0" if o["stage"] in ("geometry", "material") else ""), o  # CPU stages see no GPU
+        assert o["gpus"] == ("0" if o["stage"] in GPU_STAGES else ""), o  # the other stages see no GPU
         assert o["threads"] == 1
     gpu = sorted((o["started"], o["finished"]) for o in outcomes if o["gpus"])
     for (_, end), (start, _) in zip(gpu, gpu[1:]):
