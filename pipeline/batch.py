@@ -84,18 +84,18 @@ class BatchPlan:
     def model(self, capture: str) -> Path:
         return (self.out / f"{capture}.glb").resolve()
 
-    def stage_options(self, capture: str, gpu: bool) -> tuple[str, ...]:
-        """--set arguments for every stage of a capture, its profile pinned: with none chosen (by
+    def stage_overrides(self, capture: str, gpu: bool) -> tuple[str, ...]:
+        """The --set values for every stage of a capture, its profile pinned: with none chosen (by
         --profile, --set run.profile or its config.toml), the gpu profile when the engine has GPUs,
         as `neroic run` picks it, so that every stage, wherever it runs, sees the same settings."""
         chosen = resolve(Workdir(self.workdir(capture)).config_path, self.profile, self.overrides,
                          fallback_profile="gpu" if gpu else None)["run"]["profile"]
-        return tuple(arg for o in (*self.overrides, f"run.profile={chosen}") for arg in ("--set", o))
+        return (*self.overrides, f"run.profile={chosen}")
 
     def jobs(self, capture: str, gpu: bool) -> list[StageJob]:
         """The capture's stage jobs, in order; `gpu`: the engine has GPUs."""
-        code, options = code_version(), self.stage_options(capture, gpu)
-        return [StageJob(capture, spec.name, i + 1, self.workdir(capture), self.model(capture), options,
+        code, overrides = code_version(), self.stage_overrides(capture, gpu)
+        return [StageJob(capture, spec.name, i + 1, self.workdir(capture), self.model(capture), overrides,
                          gpu=spec.name in GPU_STAGES, code=code) for i, spec in enumerate(STAGES)]
 
 

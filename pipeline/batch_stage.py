@@ -1,14 +1,15 @@
 """One stage of one capture, as a batch engine runs it: `neroic stage NAME --workdir ...` in a
 subprocess, so a crash or leak of pycolmap, onnxruntime or torch stays in that process.
 
-    job = StageJob("cap17", "geometry", 4, Path("out/cap17.neroic"), Path("out/cap17.glb"), options, gpu=True)
+    job = StageJob("cap17", "geometry", 4, Path("out/cap17.neroic"), Path("out/cap17.glb"), overrides, gpu=True)
     outcome = run_stage_job(job, threads=2, gpu_ids=["0"], node="host-a")
 
 The subprocess gets `threads` as NEROIC_THREADS, OMP_NUM_THREADS and MKL_NUM_THREADS (the runner
 hands it to torch, onnxruntime and COLMAP) and sees only `gpu_ids` (CUDA_VISIBLE_DEVICES; empty for
 a CPU stage). It dies with the process that started it (Linux), so a killed engine worker leaves
 no orphan behind. The stage cache decides everything: a stage whose fingerprint matches does
-nothing (outcome "cached"), so retrying or rerunning a job is always safe.
+nothing (outcome "cached"; checked here first, so that it costs no process), so retrying or
+rerunning a job is always safe.
 
 A stage that fails (exit status 1: bad photos, a stage error) gives a "failed" outcome with the
 stage's own message; a stage process killed by a signal raises `StageProcessLost`, which engines
@@ -28,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cache import REPO_ROOT, code_fingerprint, hash_json, read_manifest
-from stages import STAGE_NAMES, STAGES
+from pipeline.workdir import Workdir
+from stages import STAGE_NAMES, STAGES, get_stage
+from stages.errors import NeroicError
 
 log = logging.getLogger("neroic")
 
@@ -40,7 +43,7 @@ class StageJob:
     position: int  # 1-based place of the stage in the pipeline, for "cap17 geometry 4/7"
     workdir: Path
     model: Path  # where the capture's GLB goes once its last stage is done
-    options: tuple[str, ...] = ()  # --profile / --set arguments for `neroic stage`
+    overrides: tuple[str, ...] = ()  # the --set values of every stage of the capture (run.profile pinned)
     gpu: bool = False  # the stage asks for a GPU (when the engine has one)
     code: str = ""  # the submitting machine's code_version(): every node must run the same stages
 
@@ -70,7 +73,7 @@ def stage_command(job: StageJob, gpu_ids: list[str]) -> list[str]:
     one, and its process then skips importing torch just to look for one)."""
     device = () if gpu_ids else ("--device", "cpu")
     return [sys.executable, "-m", "pipeline", "stage", job.stage, "--workdir", str(job.workdir), "--quiet",
-            *job.options, *device]
+            *(arg for o in job.overrides for arg in ("--set", o)), *device]
 
 
 def stage_environment(threads: int, gpu_ids: list[str]) -> dict[str, str]:
@@ -142,11 +145,35 @@ def code_version() -> str:
     return hash_json([code_fingerprint(spec.module) for spec in STAGES])
 
 
+def up_to_date(job: StageJob) -> dict | None:
+    """The stage's manifest if its fingerprint matches under the job's settings, else None. The
+    settings are those `neroic stage` resolves (the profile is pinned in the overrides, and
+    run.device enters no fingerprint), so this agrees with the stage process, without starting it."""
+    from pipeline.config import resolve
+    from pipeline.runner import Pipeline
+
+    workdir = Workdir(job.workdir)
+    try:
+        settings = resolve(workdir.config_path, None, job.overrides)
+        state = Pipeline(workdir, settings, workdir.read_sources()).state(get_stage(job.stage))
+    except NeroicError:  # the stage process will say what is wrong
+        return None
+    return state.manifest if state.status == "done" else None
+
+
 def run_stage_job(job: StageJob, threads: int, gpu_ids: list[str], node: str) -> StageOutcome:
     if job.code and job.code != code_version():
         return StageOutcome(job.capture, job.stage, job.position, "failed", node=node, error=(
             f"node {node} runs other neroic code ({REPO_ROOT}) than the machine that submitted the batch\n"
             "  hint: install the same neroic version on every node of the cluster"))
+    cached = up_to_date(job)
+    if cached is not None:
+        now = time.time()
+        outcome = StageOutcome(job.capture, job.stage, job.position, "cached", 0.0, now, now, node,
+                               ",".join(gpu_ids), threads, cached.get("summary", {}).get("figure", ""))
+        if job.stage == STAGE_NAMES[-1]:
+            deliver(job, stage_ran=False)
+        return outcome
     before = read_manifest(job.workdir / job.stage)
     started = time.time()
     # cwd: the workdir, so that `-m pipeline` imports this code (PYTHONPATH), never a `pipeline` in the cwd
