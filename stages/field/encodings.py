@@ -2,7 +2,9 @@
 
 The hash grid follows the published idea of Instant-NGP (Mueller et al. 2022): L levels of
 feature tables at geometrically growing resolutions, trilinearly interpolated and concatenated.
-This implementation is plain PyTorch and is shaped by what is fast on a small CPU:
+For float32 on the CPU it runs on the native kernels (stages/field/kernels: same rows, weights
+and gradients, ~10x faster); everywhere else, and as their reference and fallback, it runs on
+the PyTorch implementation below (`reference_forward`), shaped by what is fast on a small CPU:
 
 - every level owns a slab of 2^log2_table rows in ONE table, so a single `embedding_bag`
   gathers and weights the 8 corners of all levels at once (it is several times faster than

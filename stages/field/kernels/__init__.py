@@ -23,6 +23,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch  # noqa: F401  (loads torch's libgomp before the library asks for it)
 
@@ -75,10 +77,24 @@ def native_library() -> ctypes.CDLL | None:
 def native_for(*tensors: torch.Tensor | None) -> ctypes.CDLL | None:
     """The kernels if they apply to these tensors (all float32 on the CPU; None entries are
     ignored) and are available, else None."""
+    if _state.get("reference_only"):
+        return None
     for t in tensors:
         if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
             return None
     return native_library()
+
+
+@contextmanager
+def reference_path() -> Iterator[None]:
+    """Within the block every caller takes the PyTorch reference path (benchmarks and tests
+    compare the two paths in one process)."""
+    previous = _state.get("reference_only", False)
+    _state["reference_only"] = True
+    try:
+        yield
+    finally:
+        _state["reference_only"] = previous
 
 
 def reset() -> None:
