@@ -223,3 +223,28 @@ def test_the_library_is_built_once_into_its_cache(monkeypatch, tmp_path, native)
     mtime = path.stat().st_mtime_ns
     assert build_library() == path and path.stat().st_mtime_ns == mtime
     assert library_path("c++") != library_path("clang++")  # the compiler is part of the key
+
+
+def test_threads_split_the_work_without_changing_the_result(native):
+    """Points, row blocks and levels are split between OpenMP threads: 3 threads (an uneven
+    split, more threads than some levels' share) give what 1 thread gives."""
+    g = torch.Generator().manual_seed(5)
+    enc = HashGridEncoding(5, 2, 12, 4, 128)
+    with torch.no_grad():
+        enc.table.normal_(generator=g)
+    mlp = MLP(enc.out_dim, 4, 32, 2)
+    points = ray_points(37, 29, g)
+    grad_out = torch.randn(points.shape[0], 4, generator=g)
+
+    def run(threads: int):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            pos = points.clone().requires_grad_()
+            out = mlp(enc(pos))
+            return [out, *torch.autograd.grad(out, [pos, enc.table, *mlp.parameters()], grad_out)]
+        finally:
+            torch.set_num_threads(before)
+
+    for one, three in zip(run(1), run(3)):
+        assert_close(three, one, RTOL_SUMS)
