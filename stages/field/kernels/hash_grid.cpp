@@ -18,6 +18,8 @@
 
 namespace {
 
+constexpr int64_t kChunk = 2048;  // points per work item of the forward pass
+
 struct Corners {
   uint32_t row[8];
   float weight[8];
@@ -75,25 +77,23 @@ void forward_impl(int64_t n, int n_levels, int log2_table, const float* pos, con
   const uint32_t mask = (1u << log2_table) - 1u;
   const int out_dim = n_levels * F;
 #pragma omp parallel num_threads(n_threads)
-  {
-    int64_t start, stop;
-    thread_range(n, start, stop);
-    for (int level = 0; level < n_levels; ++level) {  // level-major: one slab at a time stays in L2
-      const float* slab = table + (static_cast<int64_t>(level) << log2_table) * F;
-      const float r = res[level];
-      const uint32_t* m = mult + 3 * level;
-      for (int64_t i = start; i < stop; ++i) {
-        Corners c;
-        corners(pos + 3 * i, r, m, mask, c);
-        float acc[F];
-        for (int f = 0; f < F; ++f) acc[f] = 0.0f;
-        for (int k = 0; k < 8; ++k) {
-          const float* v = slab + static_cast<int64_t>(c.row[k]) * F;
-          for (int f = 0; f < F; ++f) acc[f] += c.weight[k] * v[f];
-        }
-        float* o = out + i * out_dim + level * F;
-        for (int f = 0; f < F; ++f) o[f] = acc[f];
+  for (int level = 0; level < n_levels; ++level) {  // level-major: one slab at a time stays in L2
+    const float* slab = table + (static_cast<int64_t>(level) << log2_table) * F;
+    const float r = res[level];
+    const uint32_t* m = mult + 3 * level;
+    // chunks handed out dynamically; no barrier between levels (each writes its own columns)
+#pragma omp for schedule(dynamic, kChunk) nowait
+    for (int64_t i = 0; i < n; ++i) {
+      Corners c;
+      corners(pos + 3 * i, r, m, mask, c);
+      float acc[F];
+      for (int f = 0; f < F; ++f) acc[f] = 0.0f;
+      for (int k = 0; k < 8; ++k) {
+        const float* v = slab + static_cast<int64_t>(c.row[k]) * F;
+        for (int f = 0; f < F; ++f) acc[f] += c.weight[k] * v[f];
       }
+      float* o = out + i * out_dim + level * F;
+      for (int f = 0; f < F; ++f) o[f] = acc[f];
     }
   }
 }

@@ -7,7 +7,8 @@
 // PyTorch runs such a network as one matrix product per layer over all rows: each activation
 // ([n, 64] floats, 16 MB at n = 65536) goes out to memory and comes back, the bias, ReLU and its
 // mask are further passes over it, and MKL is slow on these tall, skinny shapes. Here each thread
-// takes blocks of kBlock rows through every layer in L1/L2; only the post-ReLU activations the
+// takes blocks of kBlock rows through every layer in L1/L2 (blocks are handed out dynamically, so
+// a thread slowed by another process on its core does not hold the others up); only the post-ReLU activations the
 // backward pass needs are written out. The products use one AVX2/FMA micro-kernel (6 rows x 16
 // columns of accumulators in registers) for all three kinds: activations x W^T, gradients x W,
 // and gradients^T x activations for the weight gradients (summed per thread, then reduced).
@@ -96,12 +97,6 @@ void gemm(int rows, int cols, int P, const float* A, int64_t sai, int64_t sap, c
   for (; j < cols; j += 8) gemm_columns<1>(rows, P, A, sai, sap, B + j, ldb, C + j, ldc, accumulate);
 }
 
-inline void thread_range(int64_t n_items, int64_t& start, int64_t& stop) {
-  const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-  start = n_items * t / nt;
-  stop = n_items * (t + 1) / nt;
-}
-
 // The weights in the two padded layouts the products read: W^T [K, pad8(M)] and W [M, pad8(K)].
 struct PaddedWeights {
   std::vector<std::vector<float>> transposed, padded;
@@ -147,9 +142,8 @@ int neroic_mlp_forward(int64_t n, int n_layers, const int* dims, const float* co
 #pragma omp parallel num_threads(n_threads)
   {
     std::vector<float> buffers(2 * static_cast<size_t>(kBlock) * widest);
-    int64_t first, last;
-    thread_range(n_blocks, first, last);
-    for (int64_t block = first; block < last; ++block) {
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t block = 0; block < n_blocks; ++block) {
       const int64_t r0 = block * kBlock;
       const int rows = static_cast<int>(std::min<int64_t>(kBlock, n - r0));
       const float* a = x + r0 * ldx;
@@ -208,9 +202,8 @@ int neroic_mlp_backward(int64_t n, int n_layers, const int* dims, const float* c
     std::vector<float> buffers(3 * static_cast<size_t>(kBlock) * widest);
     float* g_buffers[2] = {buffers.data(), buffers.data() + static_cast<size_t>(kBlock) * widest};
     float* padded_input = buffers.data() + 2 * static_cast<size_t>(kBlock) * widest;
-    int64_t first, last;
-    thread_range(n_blocks, first, last);
-    for (int64_t block = first; block < last; ++block) {
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t block = 0; block < n_blocks; ++block) {
       const int64_t r0 = block * kBlock;
       const int rows = static_cast<int>(std::min<int64_t>(kBlock, n - r0));
       const float* g = grad_out + r0 * dims[n_layers];  // gradient w.r.t. layer l's output
