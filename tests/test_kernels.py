@@ -194,6 +194,14 @@ def run_reference_only_checks() -> None:
     assert pos.grad is not None and enc.table.grad.abs().sum() > 0
 
 
+def test_what_the_kernels_do_not_cover_takes_the_reference(native):
+    """Feature counts the kernels are not compiled for, and float64 (gradcheck), run on PyTorch."""
+    enc = HashGridEncoding(4, 3, 10, max_resolution=64)
+    pos = torch.rand(50, 3)
+    assert not grad_fn_name(enc(pos)).startswith("_Native")
+    assert not grad_fn_name(MLP(8, 3, 16, 1).double()(torch.rand(5, 8, dtype=torch.float64))).startswith("_Native")
+
+
 def test_switching_the_fast_path_off_falls_back_with_one_log_line(monkeypatch, caplog):
     monkeypatch.setenv(kernels.DISABLE_ENV, "1")
     with caplog.at_level(logging.INFO, logger="neroic"):

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 
 
-def _ptr(t: Tensor) -> int:
-    return t.data_ptr()
+FEATURES = (1, 2, 4, 8)  # feature counts the kernels are compiled for
 
 
 def _check(status: int, what: str) -> None:
@@ -32,11 +31,11 @@ class _NativeHashGrid(torch.autograd.Function):
     def forward(ctx, table: Tensor, positions: Tensor, lib: ctypes.CDLL, resolutions: Tensor,
                 multipliers: Tensor, log2_table: int, reference: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         n_levels, n_features = resolutions.shape[0], table.shape[1]
-        pos = positions.detach().contiguous()
+        pos, values = positions.detach().contiguous(), table.detach().contiguous()
         out = torch.empty(pos.shape[0], n_levels * n_features, dtype=table.dtype)
-        _check(lib.neroic_hash_grid_forward(pos.shape[0], n_levels, n_features, log2_table, _ptr(pos),
-                                            _ptr(table.detach().contiguous()), _ptr(resolutions), _ptr(multipliers),
-                                            _ptr(out), torch.get_num_threads()), "forward")
+        _check(lib.neroic_hash_grid_forward(
+            pos.shape[0], n_levels, n_features, log2_table, pos.data_ptr(), values.data_ptr(),
+            resolutions.data_ptr(), multipliers.data_ptr(), out.data_ptr(), torch.get_num_threads()), "forward")
         ctx.save_for_backward(table, positions)
         ctx.lib, ctx.resolutions, ctx.multipliers, ctx.log2_table = lib, resolutions, multipliers, log2_table
         ctx.reference = reference
@@ -55,18 +54,18 @@ class _NativeHashGrid(torch.autograd.Function):
         n_levels, n_features = ctx.resolutions.shape[0], table.shape[1]
         grad = grad_out.contiguous()
         pos = positions.detach().contiguous()
+        shape = (pos.shape[0], n_levels, n_features, ctx.log2_table, pos.data_ptr())
+        grid = (ctx.resolutions.data_ptr(), ctx.multipliers.data_ptr())
         grad_table = grad_pos = None
         if need_table:
             grad_table = torch.zeros_like(table)
-            _check(lib.neroic_hash_grid_table_grad(pos.shape[0], n_levels, n_features, ctx.log2_table, _ptr(pos),
-                                                   _ptr(grad), _ptr(ctx.resolutions), _ptr(ctx.multipliers),
-                                                   _ptr(grad_table), n_threads), "table gradient")
+            _check(lib.neroic_hash_grid_table_grad(*shape, grad.data_ptr(), *grid, grad_table.data_ptr(), n_threads),
+                   "table gradient")
         if need_pos:
             grad_pos = torch.empty_like(pos)
-            _check(lib.neroic_hash_grid_position_grad(pos.shape[0], n_levels, n_features, ctx.log2_table,
-                                                      _ptr(pos), _ptr(table.detach().contiguous()), _ptr(grad),
-                                                      _ptr(ctx.resolutions), _ptr(ctx.multipliers),
-                                                      _ptr(grad_pos), n_threads), "position gradient")
+            values = table.detach().contiguous()
+            _check(lib.neroic_hash_grid_position_grad(*shape, values.data_ptr(), grad.data_ptr(), *grid,
+                                                      grad_pos.data_ptr(), n_threads), "position gradient")
         return grad_table, grad_pos, None, None, None, None, None
 
 
@@ -75,5 +74,8 @@ def hash_grid_features(lib: ctypes.CDLL, table: Tensor, unit_positions: Tensor, 
                        reference: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """table [L << log2_table, F] float32 CPU, unit_positions [N, 3] float32 CPU,
     resolutions [L] float32, multipliers [L, 3] int32 (the hash primes, or dense strides)
-    -> features [N, L*F] (level-major within a row, like the reference)."""
+    -> features [N, L*F] (level-major within a row, like the reference). Other feature counts
+    than FEATURES take the reference."""
+    if table.shape[1] not in FEATURES:
+        return reference(table, unit_positions)
     return _NativeHashGrid.apply(table, unit_positions, lib, resolutions, multipliers, log2_table, reference)
