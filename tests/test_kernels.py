@@ -31,6 +31,8 @@ def fresh_kernel_state():
 
 @pytest.fixture
 def native():
+    if kernels.disabled():
+        pytest.skip(f"{kernels.DISABLE_ENV} is set: only the reference path runs")
     lib = kernels.native_library()
     if lib is None:
         pytest.skip("the native kernels cannot be built or loaded here (see the log line)")
@@ -212,6 +214,7 @@ def test_switching_the_fast_path_off_falls_back_with_one_log_line(monkeypatch, c
 
 
 def test_a_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv(kernels.DISABLE_ENV, raising=False)
     monkeypatch.setenv("NEROIC_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails on every source
     with caplog.at_level(logging.INFO, logger="neroic"):
