@@ -8,10 +8,11 @@
 // ([n, 64] floats, 16 MB at n = 65536) goes out to memory and comes back, the bias, ReLU and its
 // mask are further passes over it, and MKL is slow on these tall, skinny shapes. Here each thread
 // takes blocks of kBlock rows through every layer in L1/L2 (blocks are handed out dynamically, so
-// a thread slowed by another process on its core does not hold the others up); only the post-ReLU activations the
-// backward pass needs are written out. The products use one AVX2/FMA micro-kernel (6 rows x 16
-// columns of accumulators in registers) for all three kinds: activations x W^T, gradients x W,
-// and gradients^T x activations for the weight gradients (summed per thread, then reduced).
+// a thread slowed by another process on its core does not hold the others up); only the
+// post-ReLU activations the backward pass needs are written out. The products use one AVX2/FMA
+// micro-kernel (6 rows x 16 columns of accumulators in registers; a portable version where the
+// CPU lacks AVX2/FMA) for all three kinds: activations x W^T, gradients x W, and gradients^T x
+// activations for the weight gradients (summed per thread, then reduced).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
