@@ -196,6 +196,16 @@ def run_reference_only_checks() -> None:
     assert pos.grad is not None and enc.table.grad.abs().sum() > 0
 
 
+def test_empty_batches_give_empty_outputs_and_zero_gradients(native):
+    """A step can have no visible sample (all colour evaluations culled)."""
+    enc, mlp = HashGridEncoding(4, 2, 10, max_resolution=64), MLP(8, 3, 16, 1)
+    pos = torch.zeros(0, 3, requires_grad=True)
+    out = mlp(enc(pos))
+    assert out.shape == (0, 3) and grad_fn_name(out) == "_NativeMLPBackward"
+    out.sum().backward()
+    assert pos.grad.shape == (0, 3) and enc.table.grad.abs().sum() == 0 and mlp.net[0].weight.grad.abs().sum() == 0
+
+
 def test_what_the_kernels_do_not_cover_takes_the_reference(native):
     """Feature counts the kernels are not compiled for, and float64 (gradcheck), run on PyTorch."""
     enc = HashGridEncoding(4, 3, 10, max_resolution=64)
