@@ -18,10 +18,9 @@ environment.md's 16 x 2^19 grid and an 8-level x 4-feature grid. Each on two pat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-
-import contextlib
 
 import torch
 
