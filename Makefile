@@ -25,6 +25,8 @@ setup: system-deps
 	  $(PYTHON) -m pip install --quiet "torch==$(TORCH_CPU_VERSION)"; fi
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 	$(NEROIC) install-weights
+	# The native field kernels (C++/OpenMP) with this machine's compiler; without one, PyTorch runs.
+	$(PYTHON) -m stages.field.kernels
 	# The Khronos glTF validator and three.js (for the export stage's checks and screenshot).
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	# rembg's first import compiles numba code (about a minute); do it once here.
