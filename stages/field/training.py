@@ -34,6 +34,7 @@ from stages.field.losses import (camera_refinement_loss, eikonal_loss, nerfw_col
                                  transient_density_loss)
 from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid
+from stages.field.optim import adam
 from stages.field.rays import CameraRefinement, Cameras
 from stages.field.rendering import render_image, render_rays
 
@@ -179,7 +180,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
     params = [{"params": list(field.parameters()), "lr": cfg.lr}]
     if refinement is not None and cfg.refine_cameras:
         params.append({"params": list(refinement.parameters()), "lr": cfg.camera_lr})
-    optimizer = torch.optim.Adam(params, betas=(0.9, 0.99), eps=1e-15)
+    optimizer = adam(params, betas=(0.9, 0.99), eps=1e-15)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
