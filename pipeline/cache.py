@@ -87,7 +87,8 @@ def code_files(module: str) -> list[Path]:
         seen_modules.add(mod)
         for f in _module_files(mod):
             files.add(f)
-            todo.extend(_imported_stage_modules(f) - seen_modules)
+            if f.suffix == ".py":
+                todo.extend(_imported_stage_modules(f) - seen_modules)
     return sorted(files)
 
 
