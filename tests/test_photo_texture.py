@@ -58,16 +58,20 @@ def test_de_lit_photos_give_back_the_true_albedo(capture):
     photos = PhotoAlbedo(mesh, _views(capture))
     n = len(points)
     albedo, confidence = photos.estimate(points, normals, normals, np.full(n, 0.15), np.full(n, 20.0))
-    seen = confidence > 0.5
+    seen = confidence > 0.75  # at least two photos agree
     assert seen.mean() > 0.7  # 12 photos around and above the cow see most of it
     error = linear_to_srgb(torch.from_numpy(albedo[seen])) - linear_to_srgb(torch.from_numpy(truth[seen]))
     psnr = -10 * np.log10(float((error ** 2).mean()))
     assert psnr > 27.0, psnr  # exact up to 8-bit dark pixels and filtering at the texture's patch edges
 
+    # a post in front of one photo: where two photos see a point and disagree, the confidence says
+    # so (the material field's albedo takes over there); where more agree, the post is outvoted
     occluded = PhotoAlbedo(mesh, _views(capture, occluded="r_003"))
-    albedo_occluded, _ = occluded.estimate(points, normals, normals, np.full(n, 0.15), np.full(n, 20.0))
-    error = linear_to_srgb(torch.from_numpy(albedo_occluded[seen])) - linear_to_srgb(torch.from_numpy(truth[seen]))
-    assert -10 * np.log10(float((error ** 2).mean())) > psnr - 1.0  # the post is voted out
+    albedo_occluded, confidence = occluded.estimate(points, normals, normals, np.full(n, 0.15), np.full(n, 20.0))
+    trusted = confidence > 0.75
+    assert trusted.mean() > 0.65
+    error = linear_to_srgb(torch.from_numpy(albedo_occluded[trusted])) - linear_to_srgb(torch.from_numpy(truth[trusted]))
+    assert -10 * np.log10(float((error ** 2).mean())) > psnr - 1.0
 
 
 def test_fusion_keeps_the_consensus_and_drops_outliers():

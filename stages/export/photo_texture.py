@@ -10,8 +10,7 @@ shading model with that photo's learned light and camera response (stages/materi
     albedo_j = (photo colour, linear, tone curve undone - specular lobe) / (irradiance / pi),
 the irradiance losing the light's directional part where a shadow ray towards its dominant
 direction hits the mesh (faded in over the terminator as the material stage does). Estimates
-are fused robustly: a weighted median of their luminance
-picks the consensus, estimates far from it (a shadow or highlight the light model missed, an
+are fused robustly: the median of their luminance picks the consensus, estimates far from it (a shadow or highlight the light model missed, an
 occluder, a misregistered edge) are dropped, the rest averaged with weights that favour close,
 head-on views (weight^2, so the sharpest view dominates where views disagree in detail). Where
 few photos see a point, `confidence` < 1 says how much to trust the result over the material
@@ -132,19 +131,18 @@ class PhotoAlbedo:
 
 def fuse(samples: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Robust fusion of albedo estimates [P, N, 3] with weights [P, N] (0: no estimate) ->
-    (albedo [N, 3], confidence [N]): the weighted median luminance, the estimates near it, their
+    (albedo [N, 3], confidence [N]): the median luminance of the estimates (unweighted, so an
+    occluder in front of the closest view cannot win it), the estimates near it, their
     weight^2-averaged colour."""
     lum = samples @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)  # [P, N]
-    order = np.argsort(lum, axis=0)
-    sorted_lum = np.take_along_axis(lum, order, axis=0)
-    sorted_w = np.take_along_axis(weights, order, axis=0)
-    cumulative = np.cumsum(sorted_w, axis=0)
-    median_at = np.argmax(cumulative >= 0.5 * cumulative[-1:], axis=0)
-    median = np.take_along_axis(sorted_lum, median_at[None], axis=0)[0]
-    inlier = (weights > 0) & (np.abs(lum - median[None]) <= INLIER_RELATIVE * median[None] + INLIER_ABSOLUTE)
+    valid = weights > 0
+    ordered = np.sort(np.where(valid, lum, np.inf), axis=0)
+    middle = np.maximum(valid.sum(0) - 1, 0) // 2
+    median = np.take_along_axis(ordered, middle[None], axis=0)[0]
+    inlier = valid & (np.abs(lum - median[None]) <= INLIER_RELATIVE * median[None] + INLIER_ABSOLUTE)
     kept = np.where(inlier, weights, 0.0)
     albedo = np.einsum("pn,pnc->nc", kept ** 2, samples) / np.maximum((kept ** 2).sum(0), 1e-20)[:, None]
-    one_view = np.median(weights[weights > 0]) if (weights > 0).any() else 1.0  # a typical single view's weight
+    one_view = np.median(weights[valid]) if valid.any() else 1.0  # a typical single view's weight
     return albedo, np.clip(kept.sum(0) / (FULL_CONFIDENCE_WEIGHT * one_view), 0.0, 1.0)
 
 
