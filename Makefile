@@ -26,6 +26,8 @@ setup: system-deps
 	# The ray extra: `neroic batch --engine ray`, tested by the suite.
 	$(PYTHON) -m pip install --quiet -e ".[dev,ray]"
 	$(NEROIC) install-weights
+	# The native field kernels (C++/OpenMP) with this machine's compiler; without one, PyTorch runs.
+	$(PYTHON) -m stages.field.kernels
 	# The Khronos glTF validator and three.js (for the export stage's checks and screenshot).
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	# rembg's first import compiles numba code (about a minute); do it once here.

@@ -50,6 +50,7 @@ Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_se
          steps_across 256            march step = longest side of the box / this (final)
          coarse_step_factor 4.0, coarse_fraction 0.3  the step starts this much larger and
                                      shrinks to the final one over this fraction of the steps
+         coarse_to_fine 0.5          hash levels switch on (from 4) over this share of training
          occupancy_resolution 128, hull_margin_px 2.0, hull_max_miss_fraction 0.05
          occupancy_update_every 16, occupancy_warmup 64
          repair_masks true           masks checked against the others' visual hull: background pieces
@@ -57,6 +58,7 @@ Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_se
                                      disagrees wholesale left out; user masks are kept as they are
          silhouette_weight 0.1, transient_weight 0.01, appearance_weight 0.01 (L2 on appearance codes)
          eikonal_weight 0.1, eikonal_points 8192   (sdf) (|grad d| - 1)^2 on ray samples and the box
+         curvature_weight 0.05       (sdf) 1 - cos of normals a march step apart (against bumps)
          background_fraction 0.2, background_band_px 8 (background rays come from this band)
          refine_cameras false, camera_lr 0.001, camera_weight 1.0
          max_image_size 0            train on photos resized to this longest side (0: as ingested)

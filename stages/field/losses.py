@@ -37,6 +37,12 @@ def eikonal_loss(gradients: Tensor) -> Tensor:
     return (gradients.norm(dim=-1) - 1.0).square().mean()
 
 
+def normal_difference(gradients: Tensor, nearby_gradients: Tensor) -> Tensor:
+    """Mean 1 - cos between an SDF's gradients [N, 3] and those at nearby points [N, 3]: a bumpy
+    surface (texture explained by geometry) costs, a smooth or sharply creased one hardly does."""
+    return 1.0 - torch.nn.functional.cosine_similarity(gradients, nearby_gradients, dim=-1, eps=1e-8).mean()
+
+
 def psnr(mse: Tensor | float) -> float:
     """Peak signal-to-noise ratio (dB) of a mean squared error on [0, 1] values."""
     mse = float(mse)

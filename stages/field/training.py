@@ -30,10 +30,11 @@ from torch import Tensor
 
 from stages.field.checkpoints import (config_key, generator_state, load_checkpoint, restore_generator,
                                       save_checkpoint)
-from stages.field.losses import (camera_refinement_loss, eikonal_loss, nerfw_colour_loss, psnr, silhouette_loss,
-                                 transient_density_loss)
+from stages.field.losses import (camera_refinement_loss, eikonal_loss, nerfw_colour_loss, normal_difference, psnr,
+                                 silhouette_loss, transient_density_loss)
 from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid
+from stages.field.optim import adam
 from stages.field.rays import CameraRefinement, Cameras
 from stages.field.rendering import render_image, render_rays
 
@@ -57,9 +58,11 @@ class TrainConfig:
     appearance_weight: float  # L2 on the per-photo codes: keeps the neutral (mean) code typical
     eikonal_weight: float  # (|grad d| - 1)^2 of an SDF field
     eikonal_points: int
+    curvature_weight: float  # an SDF's normals a march step apart should agree
     background_fraction: float
     coarse_step_factor: float  # the march step starts this many times larger ...
     coarse_fraction: float  # ... and shrinks geometrically to step_size over this part of training
+    coarse_to_fine: float  # share of training over which the hash levels switch on, coarse first
     occupancy_update_every: int
     occupancy_warmup: int  # steps before the field may empty hull cells
     checkpoint_every: int
@@ -135,17 +138,19 @@ class TrainingPixels:
         return torch.cat((obj, band))
 
 
-def eikonal_points(sample_positions: Tensor, grid: OccupancyGrid, n: int, generator: torch.Generator) -> Tensor:
+def eikonal_points(sample_positions: Tensor, grid: OccupancyGrid, n: int,
+                   generator: torch.Generator) -> tuple[Tensor, int]:
     """Where the eikonal term looks, [n, 3] world: three quarters from this step's ray samples
-    (near the surface, where the distance matters most), a quarter anywhere in the grid's box
-    (so the field stays a distance everywhere, and no spurious surface hides in empty space)."""
+    (near the surface, where the distance matters most; their count is returned too), a quarter
+    anywhere in the grid's box (so the field stays a distance everywhere, and no spurious surface
+    hides in empty space)."""
     device = sample_positions.device
     n_box = n // 4
     n_near = min(n - n_box, sample_positions.shape[0])
     pick = torch.randint(0, max(sample_positions.shape[0], 1), (n_near,), generator=generator, device=device)
     anywhere = torch.rand(n_box, 3, generator=generator, device=device)
     anywhere = grid.aabb_min + anywhere * (grid.aabb_max - grid.aabb_min)
-    return torch.cat([sample_positions[pick].detach(), anywhere])
+    return torch.cat([sample_positions[pick].detach(), anywhere]), n_near
 
 
 def training_progress(step: int, seconds: float, cfg: TrainConfig) -> float:
@@ -155,6 +160,13 @@ def training_progress(step: int, seconds: float, cfg: TrainConfig) -> float:
     if cfg.max_seconds > 0:
         progress = max(progress, seconds / cfg.max_seconds)
     return min(progress, 1.0)
+
+
+def active_levels(progress: float, cfg: TrainConfig, n_levels: int, start: int = 4) -> float:
+    """Hash levels in use: from `start` to all of them over the first `coarse_to_fine` of training."""
+    if cfg.coarse_to_fine <= 0:
+        return float(n_levels)
+    return start + min(progress / cfg.coarse_to_fine, 1.0) * (n_levels - start)
 
 
 def march_step(progress: float, cfg: TrainConfig) -> float:
@@ -179,7 +191,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
     params = [{"params": list(field.parameters()), "lr": cfg.lr}]
     if refinement is not None and cfg.refine_cameras:
         params.append({"params": list(refinement.parameters()), "lr": cfg.camera_lr})
-    optimizer = torch.optim.Adam(params, betas=(0.9, 0.99), eps=1e-15)
+    optimizer = adam(params, betas=(0.9, 0.99), eps=1e-15)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
@@ -238,6 +250,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
             t0 = time.perf_counter()
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * cfg.lr_final_factor ** progress
+            field.encoding.set_active_levels(active_levels(progress, cfg, field.encoding.n_levels))
             batch = pixels.draw(int(n_rays), cfg.background_fraction, generator)
             image_idx = pixels.image[batch]
             origins, dirs = cameras.rays(image_idx, pixels.px[batch], pixels.py[batch],
@@ -260,9 +273,15 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
             loss = loss + cfg.silhouette_weight * silhouette_loss(out["acc"], mask)
             if field.has_transient:
                 loss = loss + cfg.transient_weight * transient_density_loss(out["sigma_transient"])
-            if field.is_sdf and cfg.eikonal_weight > 0:
-                points = eikonal_points(out["positions"], grid, cfg.eikonal_points, generator)
-                loss = loss + cfg.eikonal_weight * eikonal_loss(field.sdf_gradient(points, 0.5 * step_size))
+            if field.is_sdf and (cfg.eikonal_weight > 0 or cfg.curvature_weight > 0):
+                points, n_near = eikonal_points(out["positions"], grid, cfg.eikonal_points, generator)
+                gradients = field.sdf_gradient(points, 0.5 * step_size)
+                loss = loss + cfg.eikonal_weight * eikonal_loss(gradients)
+                if cfg.curvature_weight > 0:  # normals a step apart should agree where the photos allow
+                    nearby = points[:n_near] + step_size * torch.nn.functional.normalize(
+                        torch.randn(n_near, 3, generator=generator, device=device), dim=-1)
+                    loss = loss + cfg.curvature_weight * normal_difference(
+                        gradients[:n_near], field.sdf_gradient(nearby, 0.5 * step_size))
             if use_refinement:
                 loss = loss + cfg.camera_weight * camera_refinement_loss(
                     refinement.rotation, refinement.translation, refinement.log_focal)
@@ -300,6 +319,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
         checkpoint()
         raise
     finally:
+        field.encoding.set_active_levels(float(field.encoding.n_levels))
         if bar is not None:
             bar.close()
     run_eval()

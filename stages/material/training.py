@@ -24,6 +24,7 @@ import torch
 from stages.field.losses import psnr
 from stages.field.checkpoints import (config_key, generator_state, load_checkpoint, restore_generator,
                                       save_checkpoint)
+from stages.field.optim import adam
 from stages.field.training import TrainResult
 from stages.material.lighting import PhotoLighting, positivity_directions
 from stages.material.losses import (albedo_smoothness, colour_loss, light_positivity, normal_loss,
@@ -124,9 +125,8 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
     shadow_grid = density if cfg.shadows else None
     key = config_key(replace(cfg, max_seconds=0.0), {"field": field.config, "photos": len(lights), "pixels": len(surface),
                            "shadows": shadow_grid is not None})
-    optimizer = torch.optim.Adam([{"params": list(field.parameters()), "lr": cfg.lr},
-                                  {"params": list(lights.parameters()), "lr": cfg.light_lr}],
-                                 betas=(0.9, 0.99), eps=1e-15)
+    optimizer = adam([{"params": list(field.parameters()), "lr": cfg.lr},
+                      {"params": list(lights.parameters()), "lr": cfg.light_lr}], betas=(0.9, 0.99), eps=1e-15)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
@@ -167,7 +167,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             t0 = time.perf_counter()
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * _lr_factor(step, cfg)
-            field.set_active_levels(_active_levels(step, cfg, field.encoding.n_levels))
+            field.encoding.set_active_levels(_active_levels(step, cfg, field.encoding.n_levels))
             index = torch.randint(0, len(surface), (cfg.batch_size,), generator=generator, device=device)
             material, shading, _ = render_surface(field, lights, surface, index, shadow_grid, cfg.shadow_steps)
             rendered = linear_to_srgb(lights.respond(shading.rgb, surface.image[index]))
@@ -210,7 +210,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
         checkpoint()
         raise
     finally:
-        field.set_active_levels(float(field.encoding.n_levels))
+        field.encoding.set_active_levels(float(field.encoding.n_levels))
         if bar is not None:
             bar.close()
     checkpoint()
