@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import importlib
@@ -144,9 +145,28 @@ class Pipeline:
         self.workdir, self.settings, self.sources, self.quiet = workdir, settings, sources, quiet
         self._source_hashes: dict[str, str | None] = {}
         self._device: str | None = None
-        restored = cache.recover(workdir.root, tuple(s.name for s in STAGES))
-        for name in restored:
-            log.warning("restored the previous '%s' output after an interrupted publication", name)
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def _working(self):
+        """Hold the workdir for this process while stages run (reentrant), and on taking it,
+        clean up what a crashed run left (so reading a workdir, e.g. `neroic status` while a
+        stage runs, never touches a running stage's files)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with self.workdir.exclusive():
+            for name in cache.recover(self.workdir.root, tuple(s.name for s in STAGES)):
+                log.warning("restored the previous '%s' output after an interrupted publication", name)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
 
     # -- fingerprints -------------------------------------------------------------------
     def _source_hash(self, key: str) -> str | None:
@@ -194,16 +214,21 @@ class Pipeline:
     def run(self, until: str | None = None, force: frozenset[str] = frozenset(),
             on_result=None) -> list[StageResult]:
         results = []
-        for spec in STAGES:
-            result = self.run_stage(spec, force=spec.name in force)
-            results.append(result)
-            if on_result:
-                on_result(result)
-            if spec.name == until:
-                break
+        with self._working():
+            for spec in STAGES:
+                result = self.run_stage(spec, force=spec.name in force)
+                results.append(result)
+                if on_result:
+                    on_result(result)
+                if spec.name == until:
+                    break
         return results
 
     def run_stage(self, spec: StageSpec, force: bool = False) -> StageResult:
+        with self._working():
+            return self._run_stage(spec, force)
+
+    def _run_stage(self, spec: StageSpec, force: bool) -> StageResult:
         for name in spec.needs:
             upstream = self.state(get_stage(name))
             if upstream.status != "done":
@@ -244,7 +269,7 @@ class Pipeline:
             readme = TEMPLATE_DIR / spec.name / "README.md"
             if readme.exists() and not (tmp / "README.md").exists():
                 shutil.copy2(readme, tmp / "README.md")
-            output_hash = cache.hash_json([fingerprint, cache.hash_tree(tmp)])
+            output_hash = cache.hash_json([fingerprint, cache.hash_tree(tmp, spec.records)])
             cache.write_json_atomic(tmp / cache.MANIFEST, {
                 "stage": spec.name, "fingerprint": fingerprint, "output_hash": output_hash,
                 "started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 3),

@@ -262,6 +262,7 @@ def run(ctx: StageContext) -> dict:
     step_size = float((hi - lo).max()) / int(cfg["steps_across"])
     max_res = int(cfg["hash_max_resolution"]) or _auto_resolution(train_cams, lo, hi, float(cfg["hash_pixels_factor"]),
                                                                    int(cfg["hash_base_resolution"]))
+    torch.manual_seed(int(cfg["seed"]))  # the field's initial weights: equal inputs give an equal field
     field = NerfWField(lo.tolist(), hi.tolist(), len(train_idx), n_levels=int(cfg["hash_levels"]),
                        n_features=int(cfg["hash_features"]), log2_table=int(cfg["hash_log2_table"]),
                        base_resolution=int(cfg["hash_base_resolution"]),
