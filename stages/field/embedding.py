@@ -23,7 +23,7 @@ class PerImageEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.randn(n_images, dim) * init_std)
 
     def forward(self, image_idx: Tensor) -> Tensor:
-        return self.weight[image_idx]
+        return nn.functional.embedding(image_idx, self.weight)  # a backward that sums in a fixed order
 
     def neutral(self) -> Tensor:
         """The mean code [dim]: the appearance of 'a typical training photo'."""

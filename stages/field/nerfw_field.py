@@ -166,7 +166,7 @@ class NerfWField(nn.Module):
         """
         condition = self.colour_condition(torch.cat((sh_encode(directions, self.sh_degree), appearance), dim=-1))
         if ray_idx is not None:
-            condition = condition[ray_idx]
+            condition = condition.index_select(0, ray_idx)
         if self.is_sdf:
             if normals is None:
                 raise ValueError("an SDF field's colour needs the surface normals at the samples")
@@ -178,7 +178,7 @@ class NerfWField(nn.Module):
         sRGB [N, 3], beta [N] >= 0)."""
         condition = self.transient_condition(codes)
         if ray_idx is not None:
-            condition = condition[ray_idx]
+            condition = condition.index_select(0, ray_idx)
         h = self.transient_net(geo, first_bias=condition)
         sigma_t = nn.functional.softplus(h[:, 0] - 1.0) * self.density_scale
         return sigma_t, torch.sigmoid(h[:, 1:4]), nn.functional.softplus(h[:, 4])

@@ -63,10 +63,10 @@ class Cameras:
         c2w = self.c2w[image_idx]
         rot, origins = c2w[:, :3, :3], c2w[:, :3, 3]
         if refinement is not None:
-            scale = torch.exp(-refinement.log_focal[image_idx])
+            scale = torch.exp(-refinement.log_focal.index_select(0, image_idx))
             x, y = x * scale, y * scale
-            rot = axis_angle_to_matrix(refinement.rotation[image_idx]) @ rot
-            origins = origins + refinement.translation[image_idx] * refinement.translation_scale
+            rot = axis_angle_to_matrix(refinement.rotation.index_select(0, image_idx)) @ rot
+            origins = origins + refinement.translation.index_select(0, image_idx) * refinement.translation_scale
         dirs_cam = torch.stack((x, -y, -torch.ones_like(x)), dim=-1)  # OpenGL: image y down = camera -Y
         dirs = (rot @ dirs_cam[:, :, None])[:, :, 0]
         return origins, dirs / dirs.norm(dim=-1, keepdim=True)

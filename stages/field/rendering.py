@@ -30,7 +30,7 @@ def exclusive_transmittance(optical_depth: Tensor, ray_idx: Tensor, n_rays: int)
     exclusive = csum - optical_depth.double()
     counts = torch.bincount(ray_idx, minlength=n_rays)
     starts = (torch.cumsum(counts, 0) - counts).clamp(max=optical_depth.shape[0] - 1)
-    return torch.exp(-(exclusive - exclusive[starts[ray_idx]])).to(optical_depth.dtype)
+    return torch.exp(-(exclusive - exclusive.index_select(0, starts.index_select(0, ray_idx)))).to(optical_depth.dtype)
 
 
 def composite(weights: Tensor, values: Tensor, ray_idx: Tensor, n_rays: int) -> Tensor:

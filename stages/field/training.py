@@ -263,7 +263,9 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
                               transient_codes=field.transient_codes(image_idx) if field.has_transient else None,
                               jitter=True, t_max=pixels.t_opaque[batch] + cfg.opaque_margin_steps * step_size,
                               cull=step >= cfg.occupancy_warmup)
-            pixels.t_opaque[batch] = out["t_opaque"]
+            # a pixel drawn twice keeps the farther of its two distances: a rule, not whichever write
+            # lands last (with threads that order varies, and so would the run)
+            pixels.t_opaque.scatter_reduce_(0, batch, out["t_opaque"], "amax", include_self=False)
             acc_total = out["acc"] + (out["acc_transient"] if field.has_transient else 0.0)
             rgb = out["rgb"] + (out["rgb_transient"] if field.has_transient else 0.0)
             rgb = rgb + background * (1.0 - acc_total)[:, None]

@@ -44,7 +44,7 @@ class PhotoLighting(nn.Module):
 
     def forward(self, image_idx: Tensor) -> Tensor:
         """image_idx [N] int64 -> [N, 9, 3]."""
-        return self.coeffs[image_idx]
+        return self.coeffs.index_select(0, image_idx)
 
     def gamma(self) -> Tensor:
         """Each photo's tone-curve exponent [P] (the photos' mean log-gamma is zero)."""
@@ -52,7 +52,7 @@ class PhotoLighting(nn.Module):
 
     def respond(self, linear: Tensor, image_idx: Tensor) -> Tensor:
         """Shaded linear RGB [N, 3] of photos image_idx [N] -> what their cameras recorded (linear)."""
-        return linear.clamp(min=1e-6) ** self.gamma()[image_idx, None]
+        return linear.clamp(min=1e-6) ** self.gamma().index_select(0, image_idx)[:, None]
 
     def neutrality(self) -> Tensor:
         """How far the lights' mean ambient colour is from grey: the squared deviation of its log

@@ -12,7 +12,7 @@
 // post-ReLU activations the backward pass needs are written out. The products use one AVX2/FMA
 // micro-kernel (6 rows x 16 columns of accumulators in registers; a portable version where the
 // CPU lacks AVX2/FMA) for all three kinds: activations x W^T, gradients x W, and gradients^T x
-// activations for the weight gradients (summed per thread, then reduced).
+// activations for the weight gradients (summed per group of blocks, then reduced in group order).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -26,6 +26,7 @@
 namespace {
 
 constexpr int kBlock = 96;  // rows per block (a multiple of the micro-kernel's 6 rows)
+constexpr int64_t kGradientGroups = 16;  // weight gradients are summed in this many fixed groups
 
 inline int pad8(int v) { return (v + 7) & ~7; }
 
@@ -195,16 +196,22 @@ int neroic_mlp_backward(int64_t n, int n_layers, const int* dims, const float* c
     b_offset[l] = per_thread;
     per_thread += dims[l + 1];
   }
-  const int n_used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, n_blocks)));
-  std::vector<float> sums(per_thread * n_used, 0.0f);
+  // Blocks are summed in a fixed number of groups, each in block order, and the groups in group
+  // order: the same float sums whichever thread took which group (and however many threads ran),
+  // so equal inputs give equal gradients, while threads still share the groups dynamically.
+  const int64_t n_groups = std::min<int64_t>(n_blocks, kGradientGroups);
+  const int64_t per_group = (n_blocks + n_groups - 1) / std::max<int64_t>(n_groups, 1);
+  const int n_used = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, n_groups)));
+  std::vector<float> sums(per_thread * std::max<int64_t>(n_groups, 1), 0.0f);
 #pragma omp parallel num_threads(n_used)
   {
-    float* mine = sums.data() + per_thread * omp_get_thread_num();
     std::vector<float> buffers(3 * static_cast<size_t>(kBlock) * widest);
     float* g_buffers[2] = {buffers.data(), buffers.data() + static_cast<size_t>(kBlock) * widest};
     float* padded_input = buffers.data() + 2 * static_cast<size_t>(kBlock) * widest;
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t block = 0; block < n_blocks; ++block) {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t group = 0; group < n_groups; ++group)
+    for (int64_t block = group * per_group; block < std::min(n_blocks, (group + 1) * per_group); ++block) {
+      float* mine = sums.data() + per_thread * group;
       const int64_t r0 = block * kBlock;
       const int rows = static_cast<int>(std::min<int64_t>(kBlock, n - r0));
       const float* g = grad_out + r0 * dims[n_layers];  // gradient w.r.t. layer l's output
@@ -251,11 +258,11 @@ int neroic_mlp_backward(int64_t n, int n_layers, const int* dims, const float* c
     for (int m = 0; m < M; ++m) {
       for (int k = 0; k < K; ++k) {
         float s = 0.0f;
-        for (int t = 0; t < n_used; ++t) s += sums[t * per_thread + w_offset[l] + m * Kp + k];
+        for (int64_t t = 0; t < n_groups; ++t) s += sums[t * per_thread + w_offset[l] + m * Kp + k];
         grad_weights[l][m * K + k] = s;
       }
       float s = 0.0f;
-      for (int t = 0; t < n_used; ++t) s += sums[t * per_thread + b_offset[l] + m];
+      for (int64_t t = 0; t < n_groups; ++t) s += sums[t * per_thread + b_offset[l] + m];
       grad_biases[l][m] = s;
     }
   }
