@@ -58,7 +58,7 @@ Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_se
                                      disagrees wholesale left out; user masks are kept as they are
          silhouette_weight 0.1, transient_weight 0.01, appearance_weight 0.01 (L2 on appearance codes)
          eikonal_weight 0.1, eikonal_points 8192   (sdf) (|grad d| - 1)^2 on ray samples and the box
-         curvature_weight 0.05       (sdf) 1 - cos of normals a march step apart (against bumps)
+         curvature_weight 0.5        (sdf) 1 - cos of normals a march step apart (against bumps)
          background_fraction 0.2, background_band_px 8 (background rays come from this band)
          refine_cameras false, camera_lr 0.001, camera_weight 1.0
          max_image_size 0            train on photos resized to this longest side (0: as ingested)
