@@ -375,3 +375,70 @@ def test_enclosing_sphere_is_near_minimal(shape):
     found_center, found_radius = enclosing_sphere(points)
     assert np.linalg.norm(found_center - center) < 0.01 * radius
     assert 0.995 * radius <= found_radius < 1.01 * radius
+
+
+def poses_bounds_rows(frames: list[tuple[np.ndarray, float, int, int]]) -> np.ndarray:
+    """LLFF rows [N, 17] for (OpenGL c2w [4, 4], focal px, width, height), near 0.5 and far 9."""
+    rows = []
+    for c2w, f, w, h in frames:
+        right, up, back, centre = c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3]
+        m = np.stack([-up, right, back, centre, [h, w, f]], axis=1)
+        rows.append(np.concatenate([m.ravel(), [0.5, 9.0]]))
+    return np.array(rows)
+
+
+def test_llff_import_keeps_the_world(tmp_path):
+    center, radius = np.array([0.3, -0.2, 0.5]), 0.8
+    views = sphere_views(center, radius)
+    write_inputs(tmp_path / "work", [(stem, np.zeros((*mask.shape, 3), np.uint8), mask) for stem, _, mask in views])
+    (w, h), f = SOURCE_SIZE, FOCAL  # rows describe the user's photos, twice the working size
+    path = tmp_path / "poses_bounds.npy"
+    np.save(path, poses_bounds_rows([(c2w, f, w, h) for _, c2w, _ in views]).astype(np.float32))
+    summary, out = run_poses(tmp_path / "work", poses=path)
+    assert summary["source"] == "poses_bounds.npy" and summary["registered"] == 36
+    written = output_frames(tmp_path / "work", out)
+    for stem, c2w, _ in views:
+        assert np.abs(written[stem].c2w - c2w).max() < 1e-6  # float32 file: to its precision
+        assert (written[stem].fl_x, written[stem].cx, written[stem].w) == pytest.approx((FOCAL / 2, 60.0, 120))
+    norm = json.loads((out / "normalization.json").read_text())
+    assert np.array_equal(norm["world_from_sfm"], np.eye(4))
+    assert np.linalg.norm(np.array(norm["bounds"]["center"]) - center) < 0.05
+
+
+@pytest.mark.parametrize("rows", ["too few", "not llff"])
+def test_llff_import_refuses_rows_that_do_not_fit(tmp_path, rows):
+    views = sphere_views([0.0, 0.0, 0.0], 0.8)
+    write_inputs(tmp_path / "work", [(stem, np.zeros((*mask.shape, 3), np.uint8), mask) for stem, _, mask in views])
+    path = tmp_path / "poses_bounds.npy"
+    if rows == "too few":
+        np.save(path, poses_bounds_rows([(c2w, FOCAL, *SOURCE_SIZE) for _, c2w, _ in views[:-1]]))
+        with pytest.raises(NeroicError, match="35 cameras but there are 36 photos") as info:
+            run_poses(tmp_path / "work", poses=path)
+        assert "sorted file-name order" in info.value.hint
+    else:
+        np.save(path, np.zeros((36, 15)))
+        with pytest.raises(NeroicError, match="not an LLFF poses_bounds.npy"):
+            run_poses(tmp_path / "work", poses=path)
+
+
+def test_llff_import_of_a_real_capture(tmp_path):
+    """ethiopian_head's poses_bounds.npy (NeRD's COLMAP cameras for its 66 photos at 1000 px) on
+    photos reduced to 200 px: every camera matched to its photo by sorted name, rescaled, and in
+    agreement with the hand-made masks (the stage refuses cameras that contradict them)."""
+    head = shared("ethiopian_head")
+    photos = []
+    for path in sorted((head / "images").iterdir()):
+        rgb = np.asarray(Image.open(path).convert("RGB").resize((200, 200), Image.BILINEAR))
+        mask = np.asarray(Image.open(head / "masks" / f"{path.stem}.jpg").convert("L").resize((200, 200)))
+        photos.append((path.stem, rgb, np.where(mask >= 128, 255, 0).astype(np.uint8)))
+    write_inputs(tmp_path, photos)
+    entries = json.loads((tmp_path / "ingest" / "photos.json").read_text())
+    for entry, path in zip(entries["photos"], sorted((head / "images").iterdir())):
+        entry["name"] = path.name  # the user's file names: the rows follow their sorted order
+    (tmp_path / "ingest" / "photos.json").write_text(json.dumps(entries))
+    summary, out = run_poses(tmp_path, poses=head / "poses_bounds.npy")
+    assert summary["registered"] == 66
+    frames = output_frames(tmp_path, out)
+    rows = np.load(head / "poses_bounds.npy")
+    assert frames["DSC_0007"].fl_x == pytest.approx(rows[0, 14] / 5)
+    assert np.allclose(frames["DSC_0007"].centre, rows[0, 3:15:5])
