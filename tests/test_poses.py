@@ -128,7 +128,7 @@ def test_spot_capture_cameras_are_recovered(spot_capture, tmp_path):
         rgba = np.asarray(Image.open(path))
         photos.append((path.stem, np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])))
     write_inputs(tmp_path, photos)
-    summary, out = run_poses(tmp_path, config={"shared_camera": True})
+    summary, out = run_poses(tmp_path, config={"cameras": "single"})
     assert summary["registered"] == summary["total"] == 24
     assert summary["mean_reproj_error"] < 0.5
 
@@ -206,7 +206,7 @@ def test_fewer_than_three_registered_is_an_error(tmp_path):
     with pytest.raises(NeroicError, match="registered only 0 of 3") as info:
         run_poses(tmp_path, config={"features": "sift"})
     assert "sift: 0/3 registered" in str(info.value) and "3 photo(s) share no verified matches" in str(info.value)
-    assert "shared_camera" in info.value.hint and "mask_dilation" in info.value.hint
+    assert "cameras=single" in info.value.hint and "mask_dilation" in info.value.hint
 
 
 def test_too_few_usable_masks_is_an_error(tmp_path):
@@ -496,7 +496,13 @@ def test_camera_groups_follow_exif_make_model_focal_and_size(tmp_path):
     groups = camera_groups(photos)
     assert [[p.stem for p in g] for g in groups] == [["a1", "a2", "a3"], ["a_zoomed"], ["b"], ["a_small"],
                                                      ["no_exif1"], ["no_exif2"]]
-    assert [[p.stem for p in g] for g in camera_groups(photos[:3], shared=True)] == [["a1", "a2", "a_zoomed"]]
+    assert [[p.stem for p in g] for g in camera_groups(photos[:3], "single")] == [["a1", "a2", "a_zoomed"]]
+    assert len(camera_groups(photos[:3], "per-photo")) == 3
+    # A set without any EXIF, all one size: one camera's photos (a dataset exported without
+    # metadata); with two sizes, every photo its own.
+    plain = [photo_input(tmp_path, f"plain{i}", None, None) for i in range(3)]
+    assert len(camera_groups(plain)) == 1
+    assert len(camera_groups(plain + [photo_input(tmp_path, "plain_small", None, None, size=(32, 24))])) == 4
     # In COLMAP's database: one camera per group, the group's median EXIF focal as a prior, no
     # distortion for a camera of one photo.
     db_path = tmp_path / "database.db"
@@ -516,25 +522,51 @@ def test_camera_groups_follow_exif_make_model_focal_and_size(tmp_path):
     assert cameras[images["a_zoomed"].camera_id].params[0] == pytest.approx(120.0)
 
 
-def test_similar_pairs_pick_the_photos_that_share_descriptors():
-    """Eight 'photos' round a ring: photo i's descriptors are pool entries [10 i, 10 i + 30) (mod
-    80) with noise, so it shares most with i +- 1, some with i +- 2, nothing beyond."""
+def ring_descriptors(n: int = 8, seed: int = 0) -> list:
+    """n 'photos' round a ring: photo i's descriptors are pool entries [10 i, 10 i + 30) (mod
+    10 n) with noise, so it shares most with i +- 1, some with i +- 2, nothing beyond."""
     import torch
 
-    from stages.poses.pairs import similar_pairs
-
-    rng = np.random.default_rng(0)
-    pool = rng.normal(size=(80, 64))
+    rng = np.random.default_rng(seed)
+    pool = rng.normal(size=(10 * n, 64))
     photos = []
-    for i in range(8):
-        rows = pool[[(10 * i + k) % 80 for k in range(30)]] + 0.05 * rng.normal(size=(30, 64))
+    for i in range(n):
+        rows = pool[[(10 * i + k) % (10 * n) for k in range(30)]] + 0.05 * rng.normal(size=(30, 64))
         photos.append(torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=1))
+    return photos
+
+
+def test_similar_pairs_pick_the_photos_that_share_descriptors():
+    from stages.poses.pairs import similar_pairs, similarity
+
+    score = similarity(ring_descriptors())
     ring = {(min(i, (i + d) % 8), max(i, (i + d) % 8)) for i in range(8) for d in (1, 2)}
-    assert set(similar_pairs(photos, neighbours=4)) == ring
-    assert len(similar_pairs(photos, neighbours=2)) == 8  # the nearest neighbours on the ring
-    assert len(similar_pairs(photos, neighbours=7)) == len(similar_pairs(photos, neighbours=0)) == 28
+    assert set(similar_pairs(score, neighbours=4)) == ring
+    assert len(similar_pairs(score, neighbours=2)) == 8  # the nearest neighbours on the ring
+    assert len(similar_pairs(score, neighbours=7)) == len(similar_pairs(score, neighbours=0)) == 28
 
 
+def test_upright_turns_find_the_photos_taken_upside_down():
+    """Descriptors that change with the photo's turn (a fixed 'rotation' of descriptor space per
+    quarter turn, four turns a circle): photos 2 and 5 were taken turned, and the consensus turns
+    them back."""
+    import torch
+
+    from stages.poses.pairs import upright_turns
+
+    photos = ring_descriptors()
+    spin = torch.linalg.qr(torch.tensor(np.random.default_rng(1).normal(size=(64, 64)), dtype=torch.float32))[0]
+    taken = [0, 0, 2, 0, 0, 1, 0, 0]  # quarter turns the photographer held the camera at
+
+    def seen(d, turns):  # the descriptors of a photo turned by `turns` in all
+        for _ in range(turns % 4):
+            d = d @ spin
+        return d
+
+    turned = [[seen(d, taken[i] + t) for t in range(4)] for i, d in enumerate(photos)]
+    turns, score = upright_turns(turned)
+    assert [(t + k) % 4 for t, k in zip(turns, taken)] == [turns[0] + taken[0]] * 8  # all end up alike
+    assert score[0, 1] > 15 and score[2, 3] > 15
 # -- the pose-accuracy benchmark ------------------------------------------------------------------
 
 def test_pose_accuracy_scores_a_known_error():
@@ -599,3 +631,15 @@ def test_mask_agreement_flags_a_misplaced_camera():
     frames[5] = replace(frames[5], c2w=frames[5].c2w @ turned)  # looks 12 degrees beside the object
     agreement = mask_agreement(points, frames, silhouettes)
     assert agreement[5] < 0.5 and np.delete(agreement, 5).min() > 0.99
+
+
+@pytest.mark.parametrize("degrees", [0, 45, 90, 180, 270, 315])
+def test_unrotate_maps_a_turned_photos_pixels_back(degrees):
+    from stages.poses.learned import _rotated, unrotate
+
+    image = np.zeros((50, 70), bool)  # H 50, W 70
+    image[10:12, 40:42] = True  # a 2x2 dot centred on (41, 11)
+    turned = _rotated(image, degrees, Image.NEAREST)
+    rows, cols = np.nonzero(turned)
+    back = unrotate(np.array([[cols.mean() + 0.5, rows.mean() + 0.5]]), degrees, (70, 50), turned.shape[::-1])
+    assert np.abs(back - [[41.0, 11.0]]).max() < 0.75

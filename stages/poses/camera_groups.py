@@ -3,7 +3,8 @@
 Photos whose EXIF names the same make and model, the same focal length and the same working
 image size share a camera, so SfM estimates one focal length and distortion from all of them
 (the accuracy of a calibrated single-camera capture); every other photo, and every photo without
-that EXIF, gets a camera of its own (a set from 30 phones still works). A camera of one photo has
+that EXIF, gets a camera of its own (a set from 30 phones still works); but a set without any
+EXIF whose photos all have one size is taken as one camera's. A camera of one photo has
 no distortion parameters: one view of a compact object cannot tell lens distortion from focal
 length, and a free k1 lets bundle adjustment trade one for the other (on a rendered capture with
 36 cameras, k1 wandered to +-0.9 and focal lengths 30 % off).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from stages.poses.photos import PhotoInput
 
+CAMERA_MODES = ("auto", "single", "per-photo")
 FOCAL_TOLERANCE = 0.005  # relative: EXIF focal lengths this close are one zoom setting
 WITHOUT_DISTORTION = {"SIMPLE_RADIAL": "SIMPLE_PINHOLE", "RADIAL": "SIMPLE_PINHOLE", "OPENCV": "PINHOLE"}
 
@@ -23,9 +25,16 @@ def group_key(photo: PhotoInput) -> tuple | None:
     return photo.camera, photo.width, photo.height
 
 
-def camera_groups(photos: list[PhotoInput], shared: bool = False) -> list[list[PhotoInput]]:
-    """Photos grouped by camera, in the photos' order (`shared`: all photos one camera)."""
-    if shared:
+def camera_groups(photos: list[PhotoInput], mode: str = "auto") -> list[list[PhotoInput]]:
+    """Photos grouped by camera, in the photos' order. `mode` "single": all photos one camera;
+    "per-photo": each its own; "auto": by EXIF (see the module's doc), except that a set without
+    any EXIF whose photos all have one size is one group (a capture exported without metadata,
+    as datasets ship: its photos differ by a camera's focal length only if zoomed)."""
+    if mode == "single":
+        return [list(photos)]
+    if mode == "per-photo":
+        return [[p] for p in photos]
+    if len(photos) > 1 and all(group_key(p) is None for p in photos) and len({(p.width, p.height) for p in photos}) == 1:
         return [list(photos)]
     groups: list[list[PhotoInput]] = []
     open_groups: dict[tuple, list[list[PhotoInput]]] = {}
@@ -51,7 +60,8 @@ def group_camera_model(group: list[PhotoInput], camera_model: str) -> str:
 
 def describe(groups: list[list[PhotoInput]]) -> str:
     """'3 cameras: Canon EOS 600D 1200 px (40 photos), ...' for the log."""
-    parts = [f"{g[0].camera} f={g[0].focal_px:.0f} px ({len(g)} photos)" for g in groups if len(g) > 1]
+    parts = [f"{g[0].camera or 'no EXIF'}" + (f" f={g[0].focal_px:.0f} px" if g[0].focal_px else "")
+             + f" ({len(g)} photos)" for g in groups if len(g) > 1]
     alone = sum(len(g) == 1 for g in groups)
     if alone:
         parts.append(f"{alone} photo(s) with a camera of their own")

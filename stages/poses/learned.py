@@ -139,47 +139,71 @@ def crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
             min(w, int(np.ceil(cols[-1] + 1 + margin))), min(h, int(np.ceil(rows[-1] + 1 + margin))))
 
 
-def _detect(model: Model, image: np.ndarray):
+def _detect(model: Model, image: np.ndarray, max_keypoints: int):
     """Keypoints [N, 2] (pixel indices of `image`) and descriptors [N, D] of an RGB uint8 image."""
     import torch
 
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(model.device).float() / 255.0
     with torch.inference_mode():
         if model.kind == "xfeat":
-            out = model.extractor.detectAndCompute(x, top_k=model.max_keypoints)[0]
+            out = model.extractor.detectAndCompute(x, top_k=max_keypoints)[0]
             return out["keypoints"], out["descriptors"]
         if model.kind == "aliked":
+            model.extractor.dkd.top_k = max_keypoints
             out = model.extractor(x)[0]
             return out.keypoints, out.descriptors
-        out = model.extractor(x, n=model.max_keypoints, window_size=5, score_threshold=0.0,
-                              pad_if_not_divisible=True)[0]
+        out = model.extractor(x, n=max_keypoints, window_size=5, score_threshold=0.0, pad_if_not_divisible=True)[0]
         return out.keypoints, out.descriptors
 
 
-def extract(model: Model, rgb: np.ndarray, mask: np.ndarray, size: int, inside: np.ndarray | None = None) -> Features:
+def _rotated(array: np.ndarray, degrees: float, resample) -> np.ndarray:
+    """`array` [H, W(, 3)] turned `degrees` counter-clockwise about its centre, on a canvas grown to
+    hold it all (new pixels 0)."""
+    if degrees % 360 == 0:
+        return array
+    image = Image.fromarray(array.astype(np.uint8) * (255 if array.dtype == bool else 1))
+    out = np.asarray(image.rotate(degrees, resample=resample, expand=True))
+    return out > 127 if array.dtype == bool else out
+
+
+def unrotate(xy: np.ndarray, degrees: float, size: tuple[int, int], rotated_size: tuple[int, int]) -> np.ndarray:
+    """Points [N, 2] (continuous pixel coordinates) of a photo of `size` (width, height) turned
+    `degrees` counter-clockwise onto a canvas of `rotated_size` -> the same points in the photo."""
+    theta = np.radians(degrees)
+    c, s = np.cos(theta), np.sin(theta)
+    dx, dy = xy[:, 0] - rotated_size[0] / 2, xy[:, 1] - rotated_size[1] / 2
+    return np.stack([c * dx - s * dy + size[0] / 2, s * dx + c * dy + size[1] / 2], axis=1)
+
+
+def extract(model: Model, rgb: np.ndarray, mask: np.ndarray, size: int, inside: np.ndarray | None = None,
+            degrees: float = 0.0, max_keypoints: int | None = None) -> Features:
     """Features of the object in one photo: rgb [H, W, 3] uint8, mask [H, W] bool (what the
     network sees: the object mask grown a little), inside [H, W] bool (where keypoints are kept;
-    default: the mask)."""
+    default: the mask). `degrees`: a counter-clockwise turn to apply first, for networks that
+    expect an upright object; the keypoints are returned in the unturned photo's pixels."""
     import torch
 
     inside = mask if inside is None else inside
+    photo_size = mask.shape[1], mask.shape[0]
+    rgb = _rotated(rgb, degrees, Image.BICUBIC)
+    mask, inside = _rotated(mask, degrees, Image.NEAREST), _rotated(inside, degrees, Image.NEAREST)
     x0, y0, x1, y1 = crop_box(mask)
     crop = rgb[y0:y1, x0:x1].copy()
     crop[~mask[y0:y1, x0:x1]] = BACKGROUND_GREY
     scale = min(size / max(x1 - x0, y1 - y0), MAX_UPSCALE)
     width, height = max(32, round((x1 - x0) * scale)), max(32, round((y1 - y0) * scale))
     image = np.asarray(Image.fromarray(crop).resize((width, height), Image.BICUBIC))
-    keypoints, descriptors = _detect(model, image)
-    # Pixel index i of the crop is the continuous coordinate i + 0.5 there, and the photo's
-    # coordinate x0 + (i + 0.5) * (crop width / scaled width).
+    keypoints, descriptors = _detect(model, image, max_keypoints or model.max_keypoints)
+    # Pixel index i of the crop is the continuous coordinate i + 0.5 there, and the (turned)
+    # photo's coordinate x0 + (i + 0.5) * (crop width / scaled width).
     kp = keypoints.float().cpu().numpy()
-    photo_xy = np.stack([x0 + (kp[:, 0] + 0.5) * (x1 - x0) / width,
-                         y0 + (kp[:, 1] + 0.5) * (y1 - y0) / height], axis=1)
-    col = np.clip(photo_xy[:, 0].astype(int), 0, mask.shape[1] - 1)
-    row = np.clip(photo_xy[:, 1].astype(int), 0, mask.shape[0] - 1)
+    xy = np.stack([x0 + (kp[:, 0] + 0.5) * (x1 - x0) / width, y0 + (kp[:, 1] + 0.5) * (y1 - y0) / height], axis=1)
+    col = np.clip(xy[:, 0].astype(int), 0, mask.shape[1] - 1)
+    row = np.clip(xy[:, 1].astype(int), 0, mask.shape[0] - 1)
     keep = inside[row, col]
     on_device = torch.from_numpy(keep).to(keypoints.device)
-    return Features(keypoints=photo_xy[keep].astype(np.float32), descriptors=descriptors[on_device],
+    photo_xy = unrotate(xy[keep], degrees, photo_size, (mask.shape[1], mask.shape[0]))
+    return Features(keypoints=photo_xy.astype(np.float32), descriptors=descriptors[on_device],
                     crop_keypoints=keypoints[on_device].float(), crop_size=(width, height))
 
 

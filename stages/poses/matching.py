@@ -26,9 +26,11 @@ from stages.poses import database, learned
 from stages.poses.camera_groups import camera_groups, describe
 from stages.poses.photos import PhotoInput, read_mask
 from stages.poses.colmap_calls import interruptible
-from stages.poses.pairs import similar_pairs
+from stages.poses.pairs import similar_pairs, similarity, upright_turns
 
 MIN_LEARNED_MATCHES = 15  # LightGlue matches below this are not worth verifying
+SEARCH_ANGLES = tuple(range(0, 360, 45))  # turns tried to find a common up (XFeat copes with +-22.5)
+SEARCH_KEYPOINTS = 256  # per photo and turn, at half the feature size: enough to rank photo pairs
 
 
 def feature_region(photo: PhotoInput, threshold: int, dilation: int) -> np.ndarray:
@@ -84,14 +86,30 @@ def sift_features_and_matches(ingest: Path, photos: list[PhotoInput], threshold:
 def learned_features_and_matches(kind: str, photos: list[PhotoInput], threshold: int, cfg: dict,
                                  work: Path, log: logging.Logger, progress, device: str) -> None:
     model = learned.load_model(kind, int(cfg["max_keypoints"]), device)
-    features = []
-    for photo in progress(photos, desc=f"{kind} features", unit="photo"):
+    size = int(cfg["feature_size"])
+    regions = []
+    for photo in photos:
         with Image.open(photo.image) as im:
             rgb = np.asarray(im.convert("RGB"))
-        region = feature_region(photo, threshold, int(cfg["mask_dilation"]))
-        inside = feature_region(photo, threshold, -int(cfg["edge_margin"]))
-        features.append(learned.extract(model, rgb, region, int(cfg["feature_size"]), inside))
-    pairs = similar_pairs([f.descriptors for f in features], int(cfg["match_neighbours"]))
+        regions.append((rgb, feature_region(photo, threshold, int(cfg["mask_dilation"])),
+                        feature_region(photo, threshold, -int(cfg["edge_margin"]))))
+    if cfg["upright"] == "auto":  # each photo at 8 turns, small and quick, to find a common up
+        turned = [[learned.extract(model, rgb, region, size // 2, inside, angle, SEARCH_KEYPOINTS).descriptors
+                   for angle in SEARCH_ANGLES]
+                  for rgb, region, inside in progress(regions, desc=f"{kind} orientations", unit="photo")]
+        turns, score = upright_turns(turned)
+        degrees = [SEARCH_ANGLES[t] for t in turns]
+        if any(degrees):
+            log.info("%s: photos turned to a common up: %s", kind,
+                     ", ".join(f"{p.name} {d:.0f} deg" for p, d in zip(photos, degrees) if d))
+    else:
+        degrees = [0.0] * len(photos)
+    features = [learned.extract(model, rgb, region, size=size, inside=inside, degrees=angle)
+                for (rgb, region, inside), angle in zip(progress(regions, desc=f"{kind} features", unit="photo"),
+                                                         degrees)]
+    if cfg["upright"] != "auto":
+        score = similarity([f.descriptors for f in features])
+    pairs = similar_pairs(score, int(cfg["match_neighbours"]))
     log.info("%s: %d keypoints per photo (median), LightGlue on %d of %d pairs", kind,
              int(np.median([len(f.keypoints) for f in features])), len(pairs), len(photos) * (len(photos) - 1) // 2)
     matches = {}
@@ -108,7 +126,7 @@ def learned_features_and_matches(kind: str, photos: list[PhotoInput], threshold:
 def extract_and_match(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
                       log: logging.Logger, progress, device: str = "cpu") -> None:
     """Fill work/database.db with the photos (in camera groups), features and verified matches."""
-    groups = camera_groups(photos, bool(cfg["shared_camera"]))
+    groups = camera_groups(photos, cfg["cameras"])
     log.info("%s", describe(groups))
     database.create(work / "database.db", ingest, groups, cfg["camera_model"])
     if kind == "sift":

@@ -28,16 +28,52 @@ def mutual_neighbours(a, b) -> int:
     return int((mutual & distinct).sum())
 
 
-def similar_pairs(descriptors: list, neighbours: int) -> list[tuple[int, int]]:
-    """Pairs (i < j) to match: every pair when each photo may have `neighbours` or more partners
-    (or neighbours <= 0), else the union of each photo's `neighbours` most similar photos."""
+def upright_turns(turned: list[list]) -> tuple[list[int], np.ndarray]:
+    """Turns that bring every photo to a common 'up', for descriptors that are not rotation
+    invariant (photos circling an object seen from above turn in the image; one taken upside
+    down matches nothing), and the pair scores [n, n] at those turns. `turned[i][t]`: photo i's
+    descriptors [N, D] after t of T equal turns (a full circle). Each pair votes for the
+    relative turn with the most distinctive mutual neighbours;
+    the turns follow the strongest votes out from the best-connected photo (a maximum spanning
+    tree), so an upright capture stays at 0 everywhere."""
+    n, quarter = len(turned), len(turned[0])
+    counts = np.zeros((n, n, quarter))  # counts[i, j, r]: photo i unturned against j turned r times
+    for i in range(n):
+        for j in range(i + 1, n):
+            for r in range(quarter):
+                counts[i, j, r] = mutual_neighbours(turned[i][0], turned[j][r])
+                counts[j, i, (-r) % quarter] = counts[i, j, r]
+    best = counts.max(2)
+    turns = {int(np.argmax(best.sum(1))): 0}
+    while len(turns) < n:
+        inside, outside = list(turns), [j for j in range(n) if j not in turns]
+        sub = best[np.ix_(inside, outside)]
+        a, b = np.unravel_index(np.argmax(sub), sub.shape)
+        i, j = inside[a], outside[b]
+        turns[j] = (turns[i] + int(np.argmax(counts[i, j]))) % quarter
+    chosen = [turns[i] for i in range(n)]
+    score = np.array([[counts[i, j, (chosen[j] - chosen[i]) % quarter] for j in range(n)] for i in range(n)])
+    return chosen, score
+
+
+def similarity(descriptors: list) -> np.ndarray:
+    """[n, n] distinctive mutual neighbours between every two photos' descriptors."""
     n = len(descriptors)
-    every = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    if neighbours <= 0 or neighbours >= n - 1:
-        return every
     score = np.zeros((n, n))
-    for i, j in every:
-        score[i, j] = score[j, i] = mutual_neighbours(descriptors[i], descriptors[j])
+    for i in range(n):
+        for j in range(i + 1, n):
+            score[i, j] = score[j, i] = mutual_neighbours(descriptors[i], descriptors[j])
+    return score
+
+
+def similar_pairs(score: np.ndarray, neighbours: int) -> list[tuple[int, int]]:
+    """Pairs (i < j) to match: every pair when each photo may have `neighbours` or more partners
+    (or neighbours <= 0), else the union of each photo's `neighbours` most similar photos by
+    `score` [n, n]."""
+    n = len(score)
+    if neighbours <= 0 or neighbours >= n - 1:
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    score = score.astype(float).copy()
     np.fill_diagonal(score, -1)
     chosen = set()
     for i in range(n):
