@@ -128,7 +128,7 @@ def test_spot_capture_cameras_are_recovered(spot_capture, tmp_path):
         rgba = np.asarray(Image.open(path))
         photos.append((path.stem, np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])))
     write_inputs(tmp_path, photos)
-    summary, out = run_poses(tmp_path, config={"cameras": "single"})
+    summary, out = run_poses(tmp_path, config={"shared_camera": True})
     assert summary["registered"] == summary["total"] == 24
     assert summary["mean_reproj_error"] < 0.5
 
@@ -206,7 +206,7 @@ def test_fewer_than_three_registered_is_an_error(tmp_path):
     with pytest.raises(NeroicError, match="registered only 0 of 3") as info:
         run_poses(tmp_path, config={"features": "sift"})
     assert "sift: 0/3 registered" in str(info.value) and "3 photo(s) share no verified matches" in str(info.value)
-    assert "cameras=single" in info.value.hint and "mask_dilation" in info.value.hint
+    assert "shared_camera=true" in info.value.hint and "mask_dilation" in info.value.hint
 
 
 def test_too_few_usable_masks_is_an_error(tmp_path):
@@ -496,8 +496,7 @@ def test_camera_groups_follow_exif_make_model_focal_and_size(tmp_path):
     groups = camera_groups(photos)
     assert [[p.stem for p in g] for g in groups] == [["a1", "a2", "a3"], ["a_zoomed"], ["b"], ["a_small"],
                                                      ["no_exif1"], ["no_exif2"]]
-    assert [[p.stem for p in g] for g in camera_groups(photos[:3], "single")] == [["a1", "a2", "a_zoomed"]]
-    assert len(camera_groups(photos[:3], "per-photo")) == 3
+    assert [[p.stem for p in g] for g in camera_groups(photos[:3], shared=True)] == [["a1", "a2", "a_zoomed"]]
     # A set without any EXIF, all one size: one camera's photos (a dataset exported without
     # metadata); with two sizes, every photo its own.
     plain = [photo_input(tmp_path, f"plain{i}", None, None) for i in range(3)]

@@ -38,7 +38,7 @@ Outputs  poses/transforms.json     OpenGL camera-to-world per frame in the world
                                    "unregistered_why" (stem -> reason), "features" (the kind
                                    that gave the model), "attempts", "frames_without_photo",
                                    "mean_reprojection_error", point counts, "up_from", ...}
-Config   [poses] camera_model, cameras, features, exhaustive_max, sequential_overlap,
+Config   [poses] camera_model, shared_camera, features, exhaustive_max, sequential_overlap,
          mapper, init_min_tri_angle, register_min_inliers, max_features, feature_size,
          max_keypoints, edge_margin, match_neighbours, upright, mask_dilation, min_registered (defaults
          and docs: workdir_template/config.toml).

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from stages.poses.photos import PhotoInput
 
-CAMERA_MODES = ("auto", "single", "per-photo")
 FOCAL_TOLERANCE = 0.005  # relative: EXIF focal lengths this close are one zoom setting
 WITHOUT_DISTORTION = {"SIMPLE_RADIAL": "SIMPLE_PINHOLE", "RADIAL": "SIMPLE_PINHOLE", "OPENCV": "PINHOLE"}
 
@@ -25,15 +24,12 @@ def group_key(photo: PhotoInput) -> tuple | None:
     return photo.camera, photo.width, photo.height
 
 
-def camera_groups(photos: list[PhotoInput], mode: str = "auto") -> list[list[PhotoInput]]:
-    """Photos grouped by camera, in the photos' order. `mode` "single": all photos one camera;
-    "per-photo": each its own; "auto": by EXIF (see the module's doc), except that a set without
-    any EXIF whose photos all have one size is one group (a capture exported without metadata,
-    as datasets ship: its photos differ by a camera's focal length only if zoomed)."""
-    if mode == "single":
+def camera_groups(photos: list[PhotoInput], shared: bool = False) -> list[list[PhotoInput]]:
+    """Photos grouped by camera, in the photos' order: all one camera when `shared`, else by
+    EXIF (see the module's doc), except that a set without any EXIF whose photos all have one
+    size is one group (a capture exported without metadata, as datasets ship)."""
+    if shared:
         return [list(photos)]
-    if mode == "per-photo":
-        return [[p] for p in photos]
     if len(photos) > 1 and all(group_key(p) is None for p in photos) and len({(p.width, p.height) for p in photos}) == 1:
         return [list(photos)]
     groups: list[list[PhotoInput]] = []

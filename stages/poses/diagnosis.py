@@ -62,5 +62,5 @@ def too_few_registered(photos: list[PhotoInput], registered: int, needed: int, a
     hints.append("take more photos with overlap (neighbouring photos should share most of the object)")
     hints.append("check the masks (masks/contact_sheet.png), widen them (--set poses.mask_dilation=16) or give "
                  "your own (--masks DIR)")
-    hints.append("if one camera took them all: --set poses.cameras=single")
+    hints.append("if one camera took them all: --set poses.shared_camera=true")
     return NeroicError(message, hint="; ".join(hints))

@@ -126,7 +126,7 @@ def learned_features_and_matches(kind: str, photos: list[PhotoInput], threshold:
 def extract_and_match(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
                       log: logging.Logger, progress, device: str = "cpu") -> None:
     """Fill work/database.db with the photos (in camera groups), features and verified matches."""
-    groups = camera_groups(photos, cfg["cameras"])
+    groups = camera_groups(photos, bool(cfg["shared_camera"]))
     log.info("%s", describe(groups))
     database.create(work / "database.db", ingest, groups, cfg["camera_model"])
     if kind == "sift":

@@ -21,7 +21,6 @@ import pycolmap
 from pipeline.errors import NeroicError
 from stages.common.cameras import PERSPECTIVE_MODELS
 from stages.poses import database, learned
-from stages.poses.camera_groups import CAMERA_MODES
 from stages.poses.colmap_calls import colmap_log, interruptible
 from stages.poses.colmap_model import Solution, frame_from_image, solution_of
 from stages.poses.matching import extract_and_match
@@ -57,8 +56,6 @@ def check_config(cfg: dict) -> None:
                           hint=f"use one of {', '.join(PERSPECTIVE_MODELS)}")
     if cfg["mapper"] not in MAPPERS:
         raise NeroicError(f"poses.mapper {cfg['mapper']!r} is unknown", hint="use incremental or global")
-    if cfg["cameras"] not in CAMERA_MODES:
-        raise NeroicError(f"poses.cameras {cfg['cameras']!r} is unknown", hint=f"use one of {', '.join(CAMERA_MODES)}")
     if cfg["upright"] not in ("auto", "none"):
         raise NeroicError(f"poses.upright {cfg['upright']!r} is unknown", hint="use auto or none")
     if cfg["features"] not in FEATURES:
@@ -248,9 +245,9 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
     """Cameras and points in COLMAP's (arbitrary) SfM frame, from the first kind of features that
     registers every photo, else from the kind that registered the most."""
     check_config(cfg)
-    if cfg["cameras"] == "single" and len({(p.width, p.height) for p in photos}) > 1:
-        raise NeroicError("poses.cameras = \"single\" needs photos of one size, but these differ",
-                          hint="use --set poses.cameras=auto (cameras grouped by EXIF)")
+    if cfg["shared_camera"] and len({(p.width, p.height) for p in photos}) > 1:
+        raise NeroicError("poses.shared_camera needs photos of one size, but these differ",
+                          hint="use --set poses.shared_camera=false (cameras grouped by EXIF)")
     best, result = None, SfmResult(solution=None, features="")
     for kind in feature_order(cfg["features"], log):
         model, misplaced, inliers = attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device)
