@@ -11,8 +11,8 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          photos are left out, and keeps the model with more photos. Photos share a COLMAP camera
          when EXIF names the same camera, focal length and size (camera_groups.py), with the EXIF
          focal as a prior; a photo without EXIF has its own camera without distortion. Incremental
-         (or global) mapping; the largest model is offered the photos it lacks once more; a model
-         whose points fall outside its photos' masks is rejected as false matches, and a camera
+         (or global) mapping, the largest model kept; a model whose points fall outside its
+         photos' masks is rejected as false matches, and a camera
          that contradicts its mask is dropped; one robust (Cauchy) bundle adjustment. A photo
          left out is named in one warning with why (diagnosis.py). Normalisation: sparse points
          that fall inside the masks and are seen 3+ times, minus the paper's farthest

@@ -1,12 +1,12 @@
-"""Structure from motion with pycolmap: features and matches (matching.py), mapping, retries.
+"""Structure from motion with pycolmap: features and matches (matching.py), mapping, checks.
 
     result = run_sfm(ingest, photos, threshold, cfg, work, log, progress, device)
 
 `poses.features` chooses the features: "sift", a learned kind ("xfeat", "aliked", "disk") or
-"auto" (see FEATURE_ORDER). Each kind's COLMAP files (database, masks, models) live in its own
+"auto" (see `feature_order`). Each kind's COLMAP files (database, masks, models) live in its own
 folder under `work` (the stage's checkpoint folder), so an interrupted run resumes after the slow
-matching and "auto" can compare kinds. After mapping, the photos the largest model left out are
-offered to it once more, then one robust bundle adjustment polishes everything.
+matching and "auto" can compare kinds. After mapping, the largest model is checked against the
+masks and polished by one robust bundle adjustment.
 """
 from __future__ import annotations
 
@@ -90,8 +90,8 @@ def mapper_options(cfg: dict) -> "pycolmap.IncrementalPipelineOptions":
 
 def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progress) -> "pycolmap.Reconstruction | None":
     """Run the mapper; the model with the most registered photos, or None when none was built.
-    When the incremental mapper split the photos into several models, the largest one is given
-    every photo it lacks once more (its own model may have grown past what stopped them)."""
+    (Offering the largest model the photos of the others once more, with the mapper's
+    `input_path`, registered none of them in the captures measured: not done.)"""
     db_path, models = work / "database.db", work / "models"
     shutil.rmtree(models, ignore_errors=True)
     models.mkdir(parents=True)
@@ -105,8 +105,6 @@ def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progres
         found = interruptible("incremental mapping", pycolmap.incremental_mapping, db_path, ingest, models,
                               mapper_options(cfg), next_image_callback=next_image, cancellation_token=token,
                               token=token)
-        if found and len(found) > 1:
-            found = {0: extend(ingest, cfg, work, max(found.values(), key=lambda r: r.num_reg_images()), log)}
     else:
         options = pycolmap.GlobalPipelineOptions()
         options.random_seed = options.mapper.random_seed = SEED
@@ -119,24 +117,6 @@ def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progres
     drop_stray_cameras(best, log)
     refine(best)
     return best
-
-
-def extend(ingest: Path, cfg: dict, work: Path, model, log: logging.Logger):
-    """`model` after the incremental mapper has tried once more to register every photo into it."""
-    start, out = work / "models" / "largest", work / "models" / "extended"
-    start.mkdir(parents=True)
-    out.mkdir()
-    model.write_binary(str(start))
-    options = mapper_options(cfg)
-    options.multiple_models = False
-    token = pycolmap.CancellationToken()
-    found = interruptible("extending the largest model", pycolmap.incremental_mapping, work / "database.db",
-                          ingest, out, options, input_path=start, cancellation_token=token, token=token)
-    grown = max(found.values(), key=lambda r: r.num_reg_images()) if found else model
-    if grown.num_reg_images() > model.num_reg_images():
-        log.info("the largest model grew from %d to %d photos", model.num_reg_images(), grown.num_reg_images())
-        return grown
-    return model
 
 
 def drop_stray_cameras(reconstruction, log: logging.Logger) -> None:
