@@ -4,6 +4,8 @@
 #   make test                  run the test suite
 #   make bench                 speed benchmarks (see bench/)
 #   make bench-quality         the whole pipeline on rendered Spot captures against ground truth
+#   make bench-wild            the pipeline on "online collection" captures (../shared/data) against their truth
+#   make gpu-check             parity tests, throughput and the example end to end on a CUDA GPU
 #   make batch CAPTURES=dir OUT=dir -j2
 #                              turn each CAPTURES/NAME/ folder of photos into OUT/NAME.glb,
 #                              redoing only captures whose photos changed
@@ -13,7 +15,7 @@ PYTHON   := $(VENV)/bin/python
 NEROIC   := $(VENV)/bin/neroic
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup system-deps test bench bench-quality batch
+.PHONY: setup system-deps test bench bench-quality bench-wild gpu-check batch
 
 setup: system-deps
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -23,6 +25,8 @@ setup: system-deps
 	  $(PYTHON) -m pip install --quiet "torch==$(TORCH_CPU_VERSION)"; fi
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 	$(NEROIC) install-weights
+	# The native field kernels (C++/OpenMP) with this machine's compiler; without one, PyTorch runs.
+	$(PYTHON) -m stages.field.kernels
 	# The Khronos glTF validator and three.js (for the export stage's checks and screenshot).
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 	# rembg's first import compiles numba code (about a minute); do it once here.
@@ -47,6 +51,15 @@ bench:
 bench-quality:
 	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-constant --lighting constant --until geometry --eval-every 50
 	$(PYTHON) -m bench.spot_quality --out bench-runs/spot-random --lighting random --specular 0.15 --shadows
+
+# The online-collection captures of ../shared/data and the skull example, each scored against its
+# truth (bench/wild.py; about an hour on 2 cores); results in bench-runs/wild/CASE/metrics.json.
+WILD_CASES ?= spot-wild-true spot-wild dino ethiopian-head skull
+bench-wild:
+	for case in $(WILD_CASES); do $(PYTHON) -m bench.wild $$case || exit 1; done
+
+gpu-check:
+	$(PYTHON) -m bench.gpu_check
 
 # Batch: one neroic run per capture folder. Each job gets BATCH_THREADS threads so that
 # `-j2` on a 2-core machine does not oversubscribe the cores.

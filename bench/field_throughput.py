@@ -1,6 +1,7 @@
 """Samples per second of the neural field: forward + backward + Adam step, median of repeats.
 
     python -m bench.field_throughput [--device cpu|cuda] [--samples 65536] [--repeats 5]
+                                     [--path both|fast|reference]
 
 Samples lie along ~1000 random rays through the unit box (64 consecutive samples per ray, as
 the marcher produces them: neighbouring samples share grid cells, which is what makes the
@@ -9,18 +10,24 @@ gathers cache friendly). Rows:
   field      density + colour + transient heads as in training (all samples get colour), Adam
   density    density only, no gradient (the culling and occupancy passes)
 for the default grid (12 levels x 2^15 rows x 2 features) and, for comparison, a 2^16 table,
-environment.md's 16 x 2^19 grid and an 8-level x 4-feature grid.
+environment.md's 16 x 2^19 grid and an 8-level x 4-feature grid. Each on two paths:
+  reference  the pure-PyTorch encoding and MLPs, torch.optim.Adam's default implementation
+  fast       the native kernels (stages/field/kernels) where they apply and the fused Adam
+             (stages/field/optim.py); on CUDA only the optimiser differs
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 
 from stages.field.encodings import HashGridEncoding
+from stages.field.kernels import native_library, reference_path
 from stages.field.nerfw_field import NerfWField
+from stages.field.optim import adam
 
 GRIDS = (  # (label, n_levels, n_features, log2_table, max_resolution)
     ("12x2^15x2 (default)", 12, 2, 15, 512),
@@ -59,14 +66,15 @@ def timed(fn, repeats: int, device: str) -> float:
 
 
 def bench_grid(label: str, levels: int, features: int, log2_table: int, max_res: int, n: int, repeats: int,
-               device: str) -> list[tuple[str, str, float]]:
+               device: str, fast: bool) -> list[tuple[str, str, float]]:
     g = torch.Generator().manual_seed(0)
     points = ray_samples(n, device, generator=g)
     dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1).to(device)
     image = torch.randint(0, 40, (n,), generator=g).to(device)
 
+    optimizer = adam if fast else torch.optim.Adam
     enc = HashGridEncoding(levels, features, log2_table, max_resolution=max_res).to(device)
-    enc_opt = torch.optim.Adam(enc.parameters(), 1e-2, betas=(0.9, 0.99), eps=1e-15)
+    enc_opt = optimizer(enc.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
 
     def encoding_step():
         loss = enc(points).square().sum()
@@ -77,7 +85,7 @@ def bench_grid(label: str, levels: int, features: int, log2_table: int, max_res:
     lo, hi = [0.0] * 3, [1.0] * 3
     field = NerfWField(lo, hi, 40, n_levels=levels, n_features=features, log2_table=log2_table,
                        max_resolution=max_res).to(device)
-    opt = torch.optim.Adam(field.parameters(), 1e-2, betas=(0.9, 0.99), eps=1e-15)
+    opt = optimizer(field.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
 
     def field_step():
         sigma, geo = field.density(points)
@@ -92,8 +100,9 @@ def bench_grid(label: str, levels: int, features: int, log2_table: int, max_res:
     def density_pass():
         field.density(points)
 
-    return [(label, name, n / timed(fn, repeats, device))
-            for name, fn in (("encoding", encoding_step), ("field", field_step), ("density", density_pass))]
+    with contextlib.nullcontext() if fast else reference_path():
+        return [(label, name, n / timed(fn, repeats, device))
+                for name, fn in (("encoding", encoding_step), ("field", field_step), ("density", density_pass))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--default-only", action="store_true", help="only the default grid")
+    parser.add_argument("--path", default="both", choices=("both", "fast", "reference"),
+                        help="the native kernels + fused Adam, the pure-PyTorch reference, or both")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,10 +121,19 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--device cuda: CUDA is not available")
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"field throughput: {args.samples} samples per step, median of {args.repeats} ({where}, torch {torch.__version__})")
-    print(f"{'grid':<22}{'pass':<10}{'M samples/s':>12}")
+    paths = ("reference", "fast") if args.path == "both" else (args.path,)
+    if "fast" in paths and native_library() is None:
+        print("(native kernels unavailable: the fast path runs the PyTorch reference ops, fused Adam only)")
+    print(f"{'grid':<22}{'pass':<10}" + "".join(f"{p + ' M/s':>16}" for p in paths)
+          + (f"{'speed-up':>10}" if len(paths) == 2 else ""))
     for grid in GRIDS[:1] if args.default_only else GRIDS:
-        for label, name, rate in bench_grid(*grid, args.samples, args.repeats, args.device):
-            print(f"{label:<22}{name:<10}{rate / 1e6:>12.3f}")
+        rates = [bench_grid(*grid, args.samples, args.repeats, args.device, fast=p == "fast") for p in paths]
+        for rows in zip(*rates):
+            label, name = rows[0][:2]
+            line = f"{label:<22}{name:<10}" + "".join(f"{rate / 1e6:>16.3f}" for _, _, rate in rows)
+            if len(rows) == 2:
+                line += f"{rows[1][2] / rows[0][2]:>9.1f}x"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ material stage only learns the training photos' lights). Then, on the held-out c
             silhouette IoU (opacity > 0.5 against coverage > 0.5)
   normals   median angle between the rendered Sobel normals and the true normals
   material  relit / albedo / lit-sphere PSNR after the per-channel scale fit
-            (stages/material/evaluation.py), at the surface the geometry stage found
+            (bench/relighting.py), at the surface the geometry stage found
   export    Chamfer distance from the GLB's mesh to the true mesh (% of the bounding-box
             diagonal, 100k samples each way); the GLB ray cast under each held-out light (with
             shadow rays when the photos have cast shadows) against its photo, PSNR after a
@@ -88,9 +88,10 @@ def heldout_truth(capture: Path):
 
 def geometry_metrics(workdir: Path, views, with_normals: bool) -> dict:
     from stages.field.losses import psnr
-    from stages.render import Renderer
+    from stages.render import Renderer, needed_stages
 
-    renderer = Renderer(workdir, ("rgb", "alpha", "normal") if with_normals else ("rgb", "alpha"), None, "cpu")
+    kinds = ("rgb", "alpha", "normal") if with_normals else ("rgb", "alpha")
+    renderer = Renderer({name: workdir / name for name in needed_stages(kinds, False, False)}, kinds, None, "cpu")
     psnrs, ious, angles = [], [], []
     for frame, photo, alpha, normal in views:
         pictures = renderer.render(frame)
@@ -116,14 +117,14 @@ def geometry_metrics(workdir: Path, views, with_normals: bool) -> dict:
 def material_metrics(workdir: Path, capture: Path, views) -> dict:
     from stages.field.rays import Cameras
     from stages.field.trained import load_trained_field
-    from stages.material.evaluation import evaluate_capture
+    from bench.relighting import evaluate_capture
     from stages.material.material_field import load_material
     from stages.material.surface import surface_from_field
     from stages.material.visibility import DensityGrid
 
     trained = load_trained_field(workdir / "geometry", "cpu")
     field = load_material(workdir / "material", "cpu")
-    density = DensityGrid.load_npz(workdir / "normals" / "normal_grid.npz")
+    density = DensityGrid.load_npz(workdir / "geometry" / "density_grid.npz")
     frames = [v[0] for v in views]
     cameras = Cameras.from_frames(frames)
     masks = [v[2] > 0.5 for v in views]
@@ -148,17 +149,19 @@ def _write_material_sheet(path: Path, images: dict) -> None:
 
 def export_metrics(workdir: Path, capture: Path, views, shadows: bool) -> dict:
     from stages.export.gltf import read_glb
-    from stages.export.mesh import Mesh, chamfer_distance
+    import trimesh
+
+    from stages.export.mesh import chamfer_distance
     from stages.export.preview import render_mesh_sh
     from stages.common.colour import srgb_to_linear
-    from stages.material.evaluation import fit_channel_scale, srgb_psnr
+    from bench.relighting import fit_channel_scale, srgb_psnr
     import open3d as o3d
 
     model = read_glb(workdir / "export" / "model.glb")
     truth = o3d.io.read_triangle_mesh(str(capture / "gt" / "mesh.ply"))
-    true_mesh = Mesh(np.asarray(truth.vertices, dtype=np.float64), np.asarray(truth.triangles, dtype=np.int64))
+    true_mesh = trimesh.Trimesh(np.asarray(truth.vertices, dtype=np.float64), np.asarray(truth.triangles), process=False)
     diagonal = float(np.linalg.norm(true_mesh.vertices.max(0) - true_mesh.vertices.min(0)))
-    chamfer = chamfer_distance(Mesh(model.positions.astype(np.float64), model.faces.astype(np.int64)), true_mesh)
+    chamfer = chamfer_distance(trimesh.Trimesh(model.positions.astype(np.float64), model.faces, process=False), true_mesh)
 
     lights = [c for _, c in read_lighting(capture / "lighting_test.json")]
     rendered, photos = [], []

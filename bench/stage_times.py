@@ -1,6 +1,6 @@
 """Wall time of the ingest, masks and poses stages on real captures, median of repeats.
 
-    python -m bench.stage_times [--repeats 3] [--capture kermit=../shared/data/kermit/images ...]
+    python -m bench.stage_times [--repeats 3] [--capture NAME=PHOTO_FOLDER ...]
 
 Each stage is forced to rerun `repeats` times on a prepared workdir; the table gives the
 median and the spread, plus the stage's key figure (e.g. registered photos).
@@ -13,13 +13,17 @@ import tempfile
 from pathlib import Path
 
 from pipeline.config import resolve
-from pipeline.context import Sources
+from stages.context import Sources
 from pipeline.runner import Pipeline
 from pipeline.workdir import Workdir
 from stages import get_stage
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-DEFAULT_CAPTURES = {"kermit": DATA / "kermit" / "images", "skull01": DATA / "skull01" / "images"}
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"  # the project's larger test data, when it is beside the repo
+# The shipped example always; kermit (11 photos, 640 px) when ../shared/data has it.
+DEFAULT_CAPTURES = {name: folder for name, folder in (("kermit", DATA / "kermit" / "images"),
+                                                      ("skull", REPO / "examples" / "skull" / "images"))
+                    if folder.exists()}
 STAGES = ("ingest", "masks", "poses")
 
 

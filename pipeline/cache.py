@@ -50,13 +50,19 @@ def hash_tree(path: Path) -> str:
     return hash_json(entries)
 
 
+NATIVE_SOURCES = (".cpp", ".h", ".cu")  # compiled beside a module of the same name (stages/field/kernels)
+
+
 def _module_files(module: str) -> list[Path]:
-    """Source files of a dotted module inside this repo (a package means all its .py files)."""
+    """Source files of a dotted module inside this repo (a package means all its .py files), with
+    the native sources it compiles (x.cpp beside x.py)."""
     base = REPO_ROOT.joinpath(*module.split("."))
     if base.is_dir():
-        return sorted(base.rglob("*.py"))
+        return sorted(p for p in base.rglob("*") if p.suffix in (".py", *NATIVE_SOURCES))
     file = base.with_suffix(".py")
-    return [file] if file.exists() else []
+    if not file.exists():
+        return []
+    return [file] + sorted(p for p in (base.with_suffix(s) for s in NATIVE_SOURCES) if p.exists())
 
 
 def _imported_stage_modules(file: Path) -> set[str]:
@@ -81,7 +87,8 @@ def code_files(module: str) -> list[Path]:
         seen_modules.add(mod)
         for f in _module_files(mod):
             files.add(f)
-            todo.extend(_imported_stage_modules(f) - seen_modules)
+            if f.suffix == ".py":
+                todo.extend(_imported_stage_modules(f) - seen_modules)
     return sorted(files)
 
 

@@ -6,7 +6,6 @@ Exit codes: 0 done, 1 pipeline error (one clear message; the traceback only with
 from __future__ import annotations
 
 import datetime as dt
-import json
 import errno
 import logging
 import os
@@ -20,8 +19,8 @@ import click
 from tqdm import tqdm
 
 from pipeline.config import ConfigError, resolve
-from pipeline.context import Sources
-from pipeline.errors import NeroicError
+from stages.context import Sources
+from stages.errors import NeroicError
 from pipeline.runner import Pipeline, StageInterrupted, StageResult
 from pipeline.workdir import Workdir
 from stages import STAGE_NAMES, get_stage
@@ -73,8 +72,14 @@ def guarded(func):
 
 
 def _settings(workdir: Workdir, profile, device, overrides) -> dict:
+    """The workdir's settings; with no profile chosen anywhere, a GPU picks the gpu profile."""
     extra = tuple(overrides) + ((f"run.device={device}",) if device else ())
-    return resolve(workdir.config_path, profile, extra)
+    settings = resolve(workdir.config_path, profile, extra)
+    from pipeline.runner import resolve_device
+
+    if resolve_device(settings["run"]["device"]) == "cuda":
+        settings = resolve(workdir.config_path, profile, extra, fallback_profile="gpu")
+    return settings
 
 
 def _print_result(result: StageResult) -> None:
@@ -82,6 +87,7 @@ def _print_result(result: StageResult) -> None:
         click.echo(f"  {result.name:<9} up to date   {result.figure}")
     else:
         mem = f", peak {result.peak_rss_mb:,.0f} MB" if result.peak_rss_mb else ""
+        mem += f" (GPU {result.peak_gpu_mb:,.0f} MB)" if result.peak_gpu_mb else ""
         click.echo(f"  {result.name:<9} done in {result.seconds:6.1f} s{mem}   {result.figure}")
 
 
@@ -118,8 +124,8 @@ def _check_writable(out: Path) -> None:
 
 workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
                               default=Path("."), show_default=True, help="The working folder.")
-profile_option = click.option("--profile", type=click.Choice(["preview", "quality"]),
-                              help="Speed/quality preset (default: the config's run.profile).")
+profile_option = click.option("--profile", type=click.Choice(["preview", "quality", "gpu"]),
+                              help="Speed/quality preset (default: the config's run.profile, or gpu when a CUDA GPU is found).")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
                              help="Where the neural stages run (default: the config's run.device).")
 set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -209,8 +215,6 @@ def _stage(name, workdir, profile, device, overrides, force, quiet):
     wd.require()
     wd.attach_log()
     spec = get_stage(name)
-    if not spec.is_built():
-        raise NeroicError(f"stage '{name}' is not built yet (tracked in issue #{spec.issue})")
     pipe = Pipeline(wd, _settings(wd, profile, device, overrides), wd.read_sources(), quiet=quiet)
     _print_result(pipe.run_stage(spec, force=force))
 
@@ -229,7 +233,7 @@ def _status(workdir, profile, overrides):
     wd = Workdir(workdir)
     wd.require()
     pipe = Pipeline(wd, _settings(wd, profile, None, overrides), wd.read_sources())
-    colours = {"done": "green", "stale": "yellow", "not run": None, "not built": "bright_black"}
+    colours = {"done": "green", "stale": "yellow", "not run": None}
     click.echo(f"{'stage':<10}{'status':<11}{'finished':<18}{'seconds':>8}  result")
     for st in pipe.states():
         m = st.manifest or {}
@@ -292,35 +296,31 @@ def _render(workdir, cameras, turntable, out, what, appearance_of, lighting, lig
         raise click.UsageError("give either --cameras FILE or --turntable N")
     if sum(x is not None for x in (lighting, lighting_of, env)) > 1:
         raise click.UsageError("--lighting, --lighting-of and --env are alternatives: give one")
+    kinds = tuple(k.strip() for k in what.split(",") if k.strip())
     wd = Workdir(workdir)
     wd.require()
+    settings = _settings(wd, None, device, ())
+    pipe = Pipeline(wd, settings, wd.read_sources())
+    relit = any(x is not None for x in (lighting, lighting_of, env))
+    folders = {}
+    for name in rendering.needed_stages(kinds, relit, turntable is not None):
+        state = pipe.state(get_stage(name))
+        if state.status == "not run":
+            raise NeroicError(f"rendering {', '.join(kinds)} needs the {name} stage, which has not run in {wd.root}",
+                              hint=f"run `neroic run ... --until {name}` first")
+        if state.status != "done":
+            logging.getLogger("neroic").warning("the %s stage is stale (%s): rendering its last output", name,
+                                                state.reason)
+        folders[name] = wd.stage_dir(name)
     light = None
     if lighting is not None:
-        from stages.common.sh import read_lighting
-
-        try:
-            light = read_lighting(lighting)[0][1]
-        except (ValueError, IndexError) as e:
-            raise NeroicError(f"{lighting}: {e or 'no light in the file'}") from None
+        light = rendering.read_light(lighting)
     elif lighting_of is not None:
-        light = rendering.learned_light(wd.root, lighting_of)
+        light = rendering.learned_light(folders["material"], lighting_of)
     elif env is not None:
-        from stages.common.envmap import read_environment
-        from stages.common.sh import project_env_to_sh
-
-        light = project_env_to_sh(read_environment(env))
-    if turntable is not None:
-        poses = rendering.require_stage(wd.root, "poses", "--turntable")
-        centre = json.loads((poses / "normalization.json").read_text())["bounds"]["center"]
-        frames = rendering.turntable_frames(read_transforms(poses / "transforms.json", roots=[wd.root])[0],
-                                            turntable, centre=centre)
-    else:
-        frames = read_transforms(cameras)
-    kinds = tuple(k.strip() for k in what.split(",") if k.strip())
-    files = rendering.render_cameras(wd.root, frames, out, kinds, light, appearance_of,
-                                     resolve_device(device or "auto"),
-                                     progress=lambda it, **kw: tqdm(it, disable=quiet, leave=False, **kw))
-    if turntable is not None and "rgb" in kinds:
-        gif = rendering.write_animation([out / f"{f.stem}.png" for f in frames], out / "turntable.gif")
-        click.echo(f"wrote {gif}")
+        light = rendering.environment_light(env)
+    files = rendering.render(folders, out, kinds, light, cameras=read_transforms(cameras) if cameras else None,
+                             turntable=turntable or 0, appearance_of=appearance_of,
+                             device=resolve_device(settings["run"]["device"]),
+                             progress=lambda it, **kw: tqdm(it, disable=quiet, leave=False, **kw))
     click.echo(f"wrote {len(files)} file(s) to {out}")

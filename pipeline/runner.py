@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pipeline import cache
 from pipeline.config import TEMPLATE_DIR
-from pipeline.context import Sources, StageContext
-from pipeline.errors import NeroicError
+from stages.context import Sources, StageContext
+from stages.errors import NeroicError
 from pipeline.workdir import Workdir
 from stages import STAGES, StageSpec, get_stage
 
@@ -37,7 +37,7 @@ class StageInterrupted(Exception):
 @dataclass
 class StageState:
     spec: StageSpec
-    status: str  # "done", "stale", "not run", "not built"
+    status: str  # "done", "stale", "not run"
     manifest: dict | None
     reason: str = ""
 
@@ -49,6 +49,7 @@ class StageResult:
     seconds: float
     figure: str
     peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = None
 
 
 class PeakMemory:
@@ -80,6 +81,37 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
+
+
+class GpuPeakMemory:
+    """Peak CUDA memory allocated by torch while a stage runs (None on the CPU)."""
+
+    def __init__(self, device: str):
+        self.device, self.peak_mb = device, None
+
+    def __enter__(self):
+        if self.device == "cuda":
+            import torch
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            import torch
+            self.peak_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def out_of_memory(error: BaseException, stage: str, device: str) -> NeroicError | None:
+    """One clear message for running out of (GPU or host) memory, or None for other errors."""
+    if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA), without importing torch
+        return NeroicError(f"the GPU ran out of memory in stage '{stage}'",
+                           hint="close other programs using the GPU, use --profile preview (smaller batches and "
+                                "grids), or run on the CPU with --device cpu; finished stages are kept")
+    if isinstance(error, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(error):
+        return NeroicError(f"the computer ran out of memory in stage '{stage}' (on {device})",
+                           hint="close other programs, use --profile preview, or lower ingest.max_size; "
+                                "finished stages are kept")
+    return None
 
 
 def resolve_device(preference: str) -> str:
@@ -135,8 +167,6 @@ class Pipeline:
 
     def state(self, spec: StageSpec) -> StageState:
         manifest = cache.read_manifest(self.workdir.stage_dir(spec.name))
-        if not spec.is_built():
-            return StageState(spec, "not built", manifest, f"tracked in issue #{spec.issue}")
         if manifest is None:
             return StageState(spec, "not run", None)
         for name in spec.needs:
@@ -154,12 +184,6 @@ class Pipeline:
             on_result=None) -> list[StageResult]:
         results = []
         for spec in STAGES:
-            if not spec.is_built():
-                done = ", ".join(r.name for r in results) or "none"
-                raise NeroicError(
-                    f"stage '{spec.name}' is not built yet (tracked in issue #{spec.issue}); "
-                    f"finished stages: {done}",
-                    hint=f"run up to the last built stage with --until {results[-1].name}" if results else None)
             result = self.run_stage(spec, force=spec.name in force)
             results.append(result)
             if on_result:
@@ -200,7 +224,7 @@ class Pipeline:
             log.info("running stage %s (fingerprint %s)", spec.name, fingerprint[:12])
             started = dt.datetime.now().astimezone()
             t0 = time.perf_counter()
-            with PeakMemory() as memory:
+            with PeakMemory() as memory, GpuPeakMemory(self._device) as gpu_memory:
                 module = importlib.import_module(spec.module)
                 summary = module.run(ctx) or {}
             seconds = time.perf_counter() - t0
@@ -211,7 +235,7 @@ class Pipeline:
             cache.write_json_atomic(tmp / cache.MANIFEST, {
                 "stage": spec.name, "fingerprint": fingerprint, "output_hash": output_hash,
                 "started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 3),
-                "peak_rss_mb": round(memory.peak / 2**20, 1), "device": self._device,
+                "peak_rss_mb": round(memory.peak / 2**20, 1), "peak_gpu_mb": gpu_memory.peak_mb, "device": self._device,
                 "config": ctx.config, "summary": summary,
             })
             cache.publish(tmp, final, wd.trash)
@@ -224,12 +248,15 @@ class Pipeline:
                 raise NeroicError(f"disk full while running stage '{spec.name}'",
                                   hint="free some space and rerun; finished stages are intact") from None
             raise
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            oom = out_of_memory(e, spec.name, self._device or "cpu")
+            if oom is not None:
+                raise oom from None
             raise
         shutil.rmtree(wd.checkpoint_dir(spec.name), ignore_errors=True)
         log.info("stage %s done in %.1f s: %s", spec.name, seconds, summary.get("figure", ""))
-        return StageResult(spec.name, "ran", seconds, summary.get("figure", ""), memory.peak / 2**20)
+        return StageResult(spec.name, "ran", seconds, summary.get("figure", ""), memory.peak / 2**20, gpu_memory.peak_mb)
 
     def _checkpoints_for(self, name: str, fingerprint: str) -> Path:
         """A checkpoint folder that only survives while the stage's fingerprint is unchanged."""

@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 U2NETP = {
     "file": "u2netp.onnx",

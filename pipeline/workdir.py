@@ -9,9 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline.cache import write_json_atomic
-from pipeline.config import CONFIG_NAME, TEMPLATE_DIR
-from pipeline.context import Sources
-from pipeline.errors import NeroicError
+from pipeline.config import CONFIG_NAME, TEMPLATE_DIR, commented_template
+from stages.context import Sources
+from stages.errors import NeroicError
 
 SOURCES_NAME = "sources.json"
 LOG_NAME = "neroic.log"
@@ -42,14 +42,17 @@ class Workdir:
         return self.config_path.exists()
 
     def create(self) -> None:
-        """Copy the template (config and per-stage READMEs); an existing workdir is kept."""
+        """Copy the template (per-stage READMEs, and the config with its settings commented out);
+        an existing workdir is kept."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             for item in TEMPLATE_DIR.iterdir():
                 target = self.root / item.name
                 if target.exists():
                     continue
-                if item.is_dir():
+                if item.name == CONFIG_NAME:
+                    target.write_text(commented_template(), encoding="utf-8")
+                elif item.is_dir():
                     shutil.copytree(item, target)
                 else:
                     shutil.copy2(item, target)

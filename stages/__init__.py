@@ -1,18 +1,25 @@
 """The seven stages and how they depend on each other: the pipeline as data.
 
 Each stage is a module (or subpackage) exposing `run(ctx) -> summary` (see
-`pipeline.context`). Modules are imported only when their stage runs, so deciding
+`stages.context`). Modules are imported only when their stage runs, so deciding
 what is up to date never pays for importing torch, pycolmap or rembg.
 """
 from __future__ import annotations
 
-import importlib.util
 # pycolmap 4.2.1 exports its own zlib symbols: if the system libz loads after it, zlib users
 # (PIL's PNG writer, numpy's savez_compressed) crash with a double free. Every stage module is
 # imported through this package, so loading zlib here first is enough.
 import zlib  # noqa: F401
-from pathlib import Path
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A picture a stage publishes for the run report: files matching `patterns` in its folder."""
+
+    title: str
+    patterns: tuple[str, ...]
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -21,24 +28,32 @@ class StageSpec:
     module: str
     needs: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()  # user inputs (Sources fields) that this stage reads
-    issue: int = 0  # where its work is tracked, for the "not built yet" message
-
-    def is_built(self) -> bool:
-        """True once the stage's module defines `run` (checked without importing it)."""
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or spec.origin is None:  # absent, or a bare folder
-            return False
-        return "\ndef run(" in Path(spec.origin).read_text()
+    figures: tuple[Figure, ...] = ()  # what report.html shows of its output
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("ingest", "stages.ingest", sources=("photos",), issue=2),
-    StageSpec("masks", "stages.masks", needs=("ingest",), sources=("masks",), issue=2),
-    StageSpec("poses", "stages.poses", needs=("ingest", "masks"), sources=("poses",), issue=2),
-    StageSpec("geometry", "stages.geometry", needs=("ingest", "masks", "poses"), issue=3),
-    StageSpec("normals", "stages.normals", needs=("ingest", "poses", "geometry"), issue=3),
-    StageSpec("material", "stages.material", needs=("ingest", "masks", "poses", "geometry", "normals"), issue=4),
-    StageSpec("export", "stages.export", needs=("masks", "poses", "geometry", "material"), issue=5),
+    StageSpec("ingest", "stages.ingest", sources=("photos",)),
+    StageSpec("masks", "stages.masks", needs=("ingest",), sources=("masks",), figures=(
+        Figure("Photos and masks", ("contact_sheet.png",),
+               "Every photo with its background dimmed red and the mask edge in green; red labels are excluded."),)),
+    StageSpec("poses", "stages.poses", needs=("ingest", "masks"), sources=("poses",), figures=(
+        Figure("Cameras and sparse points", ("cameras.png",),
+               "Registered cameras (frusta) around the object's sparse SfM points, world frame, +Y up."),)),
+    StageSpec("geometry", "stages.geometry", needs=("ingest", "masks", "poses"), figures=(
+        Figure("Geometry training", ("curves.png",), "Loss and held-out PSNR against step and time."),
+        Figure("Held-out photos and renders", ("heldout/*.png",),
+               "Photos not used for training, beside the field's renders of the same cameras."),
+        Figure("What only one photo showed", ("transient.png",),
+               "Training photos, their static render, and the transient part (occluders, cast shadows, highlights "
+               "of that photo alone), which stays out of the shape and the material."))),
+    StageSpec("normals", "stages.normals", needs=("ingest", "poses", "geometry"), figures=(
+        Figure("Normals", ("preview.png",), "Volume-rendered Sobel normals."),)),
+    StageSpec("material", "stages.material", needs=("ingest", "masks", "poses", "geometry", "normals"), figures=(
+        Figure("Material and lights", ("contact_sheet.png", "losses.png"),
+               "Per photo: original, re-rendered, albedo, shading, normals, and a sphere lit by its light, "
+               "seen from its camera."),)),
+    StageSpec("export", "stages.export", needs=("ingest", "masks", "poses", "geometry", "material"), figures=(
+        Figure("Exported model", ("turntable*.png", "screenshot*.png"), "The exported GLB, rendered from around it."),)),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)

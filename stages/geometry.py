@@ -8,7 +8,9 @@ Method   Visual hull carved from the training masks over the bounds' cube -> tig
          (static density + colour with per-photo appearance codes, transient head with per-photo
          codes and uncertainty) trained on the photos' object pixels plus a background band, with
          NeRF-W colour loss, silhouette BCE and (optionally) per-photo camera refinement; the grid
-         drops cells the field finds empty. See stages/field/.
+         drops cells the field finds empty. With surface "sdf" (default) the static geometry is a
+         signed distance (VolSDF density), started as the hull's own signed distance and kept a
+         distance by an eikonal term. See stages/field/.
 Held out every `holdout_every`-th usable photo (or `holdout_stems`) is never trained on; PSNR on
          it is measured inside the photo's mask (rendered with the neutral appearance, on black,
          against the photo composited on black by its mask's coverage) and, secondarily, over the
@@ -22,11 +24,17 @@ Outputs  geometry/field.pt          state dict (plain tensors; torch.load(weight
                                      the hull; aabb_min [3], aabb_max [3]} over the field's box
          geometry/curves.png        loss and PSNR against step and against time
          geometry/heldout/<stem>.png  photo | render | opacity, side by side
-         geometry/metrics.json      PSNRs per held-out photo, timings, sample counts, curves
+         geometry/transient.png     a few training photos | static render | transient render |
+                                    transient opacity (what only that photo showed)
+         geometry/metrics.json      PSNRs per held-out photo, timings, sample counts, curves, and
+                                    each mask's verdict against the hull (agrees/repaired/dropped)
+         geometry/masks/<stem>.png  repaired masks (masks.json beside them); cameras.json's
+                                    mask_path points to them
          Load with `stages.field.load_trained_field(geometry_dir, device)`.
 Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_seconds 0,
          target_samples 131072, hash_log2_table 16, steps_across 384, refine_cameras true,
          density_grid_resolution 256):
+         surface "sdf"               static geometry: "sdf" (zero level = surface) or "density"
          steps 800                   training steps
          max_seconds 240             training time budget in seconds (0: none); when it runs out before
                                      `steps`, training ends there with its schedules completed
@@ -44,7 +52,12 @@ Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_se
                                      shrinks to the final one over this fraction of the steps
          occupancy_resolution 128, hull_margin_px 2.0, hull_max_miss_fraction 0.05
          occupancy_update_every 16, occupancy_warmup 64
+         repair_masks true           masks checked against the others' visual hull: background pieces
+                                     cut (geometry/masks/, named in a warning), photos whose mask
+                                     disagrees wholesale left out; user masks are kept as they are
          silhouette_weight 0.1, transient_weight 0.01, appearance_weight 0.01 (L2 on appearance codes)
+         eikonal_weight 0.1, eikonal_points 8192   (sdf) (|grad d| - 1)^2 on ray samples and the box
+         curvature_weight 0.05       (sdf) 1 - cos of normals a march step apart (against bumps)
          background_fraction 0.2, background_band_px 8 (background rays come from this band)
          refine_cameras false, camera_lr 0.001, camera_weight 1.0
          max_image_size 0            train on photos resized to this longest side (0: as ingested)
@@ -63,60 +76,57 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.context import StageContext
+from stages.errors import NeroicError
 from stages.common.cameras import Frame, read_transforms
-from stages.common.images import read_mask, read_rgb, resize, write_png
+from stages.common.images import shrink_view, write_png
+from stages.common.notes import write_photo_notes
+from stages.common.sheets import contact_sheet
+from stages.common.inputs import MaskSet, PhotoSet
+from stages.common.settings import from_section
+from stages.field.grids import evaluate_on_grid
+from stages.field.mask_agreement import MaskVerdict, agree_masks, hull_silhouette
 from stages.field.nerfw_field import NerfWField
-from stages.field.occupancy import OccupancyGrid, carve_visual_hull
+from stages.field.occupancy import OccupancyGrid, carve_visual_hull, hull_signed_distance
 from stages.field.rays import CameraRefinement, Cameras
 from stages.field.trained import save_trained_field
+from stages.field.rendering import render_rays
 from stages.field.training import TrainConfig, TrainingPixels, image_psnr, render_view, train_field
 
 MIN_TRAIN_PHOTOS = 3
+MIN_PHOTOS_FOR_SPARE_MISS = 6  # from this many photos on, the hull tolerates one mask that misses a cell
 
 
-def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.ndarray], list[np.ndarray], int]:
+def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.ndarray], list[np.ndarray],
+                                                           list[str], int]:
     """Usable frames (in transforms.json order) with their photos [H, W, 3] uint8, their masks'
-    coverage [H, W] uint8 (soft at the edges: alpha or rembg) and the masks' threshold."""
-    ingest, masks_dir, poses = ctx.input("ingest"), ctx.input("masks"), ctx.input("poses")
+    coverage [H, W] uint8 (soft at the edges: alpha or rembg), where each mask came from (user,
+    alpha, rembg) and the masks' threshold."""
+    poses = ctx.input("poses")
     transforms = poses / "transforms.json"
     if not transforms.exists():
         raise NeroicError(f"{transforms} is missing", hint="run the poses stage first")
-    photos = {p["stem"]: p for p in json.loads((ingest / "photos.json").read_text(encoding="utf-8"))["photos"]}
-    mask_meta = json.loads((masks_dir / "masks.json").read_text(encoding="utf-8"))
-    ok_masks = {m["stem"]: m for m in mask_meta["masks"] if m.get("status") == "ok"}
-    threshold = int(mask_meta.get("threshold", 128))
-    frames, images, coverages = [], [], []
-    for frame in read_transforms(transforms, roots=[ingest, masks_dir]):
-        if frame.stem not in photos or frame.stem not in ok_masks:
+    photos, masks = PhotoSet.load(ctx.input("ingest")), MaskSet.load(ctx.input("masks"))
+    frames, images, coverages, sources = [], [], [], []
+    for frame in read_transforms(transforms, roots=[photos.folder, masks.folder]):
+        if frame.stem not in photos or not masks.usable(frame.stem):
             continue
-        rgb = read_rgb(ingest / photos[frame.stem]["image"])
-        mask = read_mask(masks_dir / ok_masks[frame.stem]["mask"])
+        rgb = photos.rgb(frame.stem)
         h, w = rgb.shape[:2]
-        if mask.shape != (h, w):
-            mask = resize(mask, (w, h))
+        mask = masks.coverage(frame.stem, (w, h))
         frame = frame.scaled(w, h) if (frame.w, frame.h) != (w, h) else frame
-        frame, rgb, mask = _downsized(frame, rgb, mask, max_size)
+        frame, rgb, mask = shrink_view(frame, max_size, rgb, mask)
         frames.append(frame)
         images.append(rgb)
         coverages.append(mask)
-    return frames, images, coverages, threshold
-
-
-def _downsized(frame: Frame, image: np.ndarray, mask: np.ndarray, max_size: int) -> tuple[Frame, np.ndarray, np.ndarray]:
-    """A view (photo, uint8 mask) shrunk to max_size on its longer side (unchanged when already
-    smaller or max_size is 0)."""
-    if not max_size or max(frame.w, frame.h) <= max_size:
-        return frame, image, mask
-    scale = max_size / max(frame.w, frame.h)
-    w, h = max(1, round(frame.w * scale)), max(1, round(frame.h * scale))
-    return frame.scaled(w, h), resize(image, (w, h)), resize(mask, (w, h))
+        sources.append(masks.sources.get(frame.stem, ""))
+    return frames, images, coverages, sources, masks.threshold
 
 
 def _render_supersampled(field: NerfWField, grid: OccupancyGrid, full: Frame, small: Frame, appearance: torch.Tensor,
@@ -168,11 +178,52 @@ def _auto_resolution(cams: Cameras, lo: torch.Tensor, hi: torch.Tensor, factor: 
     return max(2 * base, int(round(factor * float((hi - lo).max()) / footprint)))
 
 
+def _carve(cameras: Cameras, masks: list[np.ndarray], lo: torch.Tensor, hi: torch.Tensor, cfg: dict):
+    """The visual hull of the masks: carved coarsely over the bounds' cube, then at full resolution
+    over the coarse hull's own (tighter) box -> (hull [G, G, G] bool, box min, box max)."""
+    margin, miss = float(cfg["hull_margin_px"]), float(cfg["hull_max_miss_fraction"])
+    res = int(cfg["occupancy_resolution"])
+    spare = 1 if len(masks) >= MIN_PHOTOS_FOR_SPARE_MISS else 0  # one bad mask must not carve the object away
+    coarse = carve_visual_hull(cameras, masks, lo, hi, max(16, res // 2), margin, miss, spare)
+    if not bool(coarse.any()):
+        raise NeroicError("the visual hull is empty: no point of the bounds projects inside the masks of "
+                          "the training photos", hint="the cameras and masks disagree; check the poses "
+                          "stage's output and the masks' contact sheet")
+    lo, hi = _hull_box(coarse, lo, hi)
+    return carve_visual_hull(cameras, masks, lo, hi, res, margin, miss, spare), lo, hi
+
+
+def _agree(ctx: StageContext, frames, coverages, masks, sources, cameras, hull, lo, hi, threshold) -> list[MaskVerdict]:
+    """Check every mask against the hull's silhouette; repair in place (masks, coverages) and write
+    the repaired masks to OUT/masks/ (the frames' mask_path then points there)."""
+    silhouettes = [hull_silhouette(hull, lo, hi, cameras, i) for i in range(len(frames))]
+    repaired, verdicts = agree_masks(masks, silhouettes, [s != "user" for s in sources])
+    folder = Path(ctx.out) / "masks"
+    entries = []
+    for i, verdict in enumerate(verdicts):
+        if verdict.status == "repaired":
+            coverages[i] = np.where(repaired[i], coverages[i], 0).astype(np.uint8)
+            masks[i] = repaired[i]
+            folder.mkdir(exist_ok=True)
+            write_png(folder / f"{frames[i].stem}.png", coverages[i])
+            entries.append({"stem": frames[i].stem, "mask": f"{frames[i].stem}.png", "source": "repaired",
+                            "status": "ok", "removed": round(verdict.removed, 4)})
+            frames[i] = replace(frames[i], mask_path=f"masks/{frames[i].stem}.png")
+    if entries:
+        (folder / "masks.json").write_text(json.dumps({"threshold": threshold, "masks": entries}, indent=1))
+    for status in ("repaired", "dropped"):
+        named = [f"{frames[i].stem} ({v.why})" for i, v in enumerate(verdicts) if v.status == status]
+        if named:
+            ctx.log.warning("%s %d photo(s) whose mask disagrees with the other photos: %s",
+                            status, len(named), "; ".join(named))
+    return verdicts
+
+
 def run(ctx: StageContext) -> dict:
     cfg = ctx.config
     device = torch.device(ctx.device)
     started = time.perf_counter()
-    frames, images, coverages, threshold = _load_views(ctx, int(cfg["max_image_size"]))
+    frames, images, coverages, sources, threshold = _load_views(ctx, int(cfg["max_image_size"]))
     masks = [c >= threshold for c in coverages]
     train_idx, held_idx = _split(frames, int(cfg["holdout_every"]), list(cfg["holdout_stems"]))
     if len(train_idx) < MIN_TRAIN_PHOTOS:
@@ -180,24 +231,34 @@ def run(ctx: StageContext) -> dict:
                           f"(at least {MIN_TRAIN_PHOTOS} needed)",
                           hint="check the poses stage's registered photos and the masks' contact sheet")
     cameras = Cameras.from_frames(frames).to(device)
+    lo, hi = (t.to(device) for t in _bounds(ctx.input("poses")))
+    hull, lo, hi = _carve(cameras.subset(train_idx), [masks[i] for i in train_idx], lo, hi, cfg)
+    verdicts, mask_stems = [], [f.stem for f in frames]
+    if cfg["repair_masks"]:
+        verdicts = _agree(ctx, frames, coverages, masks, sources, cameras, hull, lo, hi, threshold)
+        keep = [i for i, v in enumerate(verdicts) if v.status != "dropped"]
+        if len(keep) < len(frames):
+            train_stems = {frames[i].stem for i in train_idx}
+            frames, images, coverages, masks = ([x[i] for i in keep] for x in (frames, images, coverages, masks))
+            train_idx = [j for j, f in enumerate(frames) if f.stem in train_stems]
+            held_idx = [j for j in range(len(frames)) if j not in set(train_idx)]
+            cameras = Cameras.from_frames(frames).to(device)
+            if len(train_idx) < MIN_TRAIN_PHOTOS:
+                raise NeroicError(f"only {len(train_idx)} training photos have a mask that agrees with the others "
+                                  f"(at least {MIN_TRAIN_PHOTOS} needed)",
+                                  hint="check the masks' contact sheet; give masks with --masks DIR, or "
+                                       "--set geometry.repair_masks=false")
+        if any(v.status != "agrees" for v in verdicts):
+            hull, lo, hi = _carve(cameras.subset(train_idx), [masks[i] for i in train_idx],
+                                  *(t.to(device) for t in _bounds(ctx.input("poses"))), cfg)
     train_cams = cameras.subset(train_idx)
     train_masks = [masks[i] for i in train_idx]
-
-    # occupancy: hull over the bounds' cube, then re-carved over the hull's own (tighter) box
-    lo, hi = (t.to(device) for t in _bounds(ctx.input("poses")))
-    margin, miss = float(cfg["hull_margin_px"]), float(cfg["hull_max_miss_fraction"])
     res = int(cfg["occupancy_resolution"])
-    coarse = carve_visual_hull(train_cams, train_masks, lo, hi, max(16, res // 2), margin, miss)
-    if not bool(coarse.any()):
-        raise NeroicError("the visual hull is empty: no point of the bounds projects inside the masks of "
-                          "the training photos", hint="the cameras and masks disagree; check the poses "
-                          "stage's output and the masks' contact sheet")
-    lo, hi = _hull_box(coarse, lo, hi)
-    hull = carve_visual_hull(train_cams, train_masks, lo, hi, res, margin, miss)
     grid = OccupancyGrid(lo, hi, hull)
     hull_seconds = time.perf_counter() - started
     ctx.log.info("geometry: visual hull %.1f%% of its box (%.1fs)", 100 * float(hull.float().mean()), hull_seconds)
 
+    step_size = float((hi - lo).max()) / int(cfg["steps_across"])
     max_res = int(cfg["hash_max_resolution"]) or _auto_resolution(train_cams, lo, hi, float(cfg["hash_pixels_factor"]),
                                                                    int(cfg["hash_base_resolution"]))
     field = NerfWField(lo.tolist(), hi.tolist(), len(train_idx), n_levels=int(cfg["hash_levels"]),
@@ -206,23 +267,17 @@ def run(ctx: StageContext) -> dict:
                        max_resolution=max_res, width=int(cfg["mlp_width"]),
                        colour_layers=int(cfg["colour_layers"]), geo_feat_dim=int(cfg["geo_feat_dim"]),
                        appearance_dim=int(cfg["appearance_dim"]), transient_dim=int(cfg["transient_dim"]),
-                       sh_degree=int(cfg["sh_degree"]), beta_min=float(cfg["beta_min"])).to(device)
-    step_size = float((hi - lo).max()) / int(cfg["steps_across"])
+                       sh_degree=int(cfg["sh_degree"]), beta_min=float(cfg["beta_min"]), surface=cfg["surface"],
+                       prior_resolution=max(32, res // 2), surface_width=2.0 * step_size,
+                       min_surface_width=0.5 * step_size).to(device)
+    if field.is_sdf:
+        field.set_sdf_prior(hull_signed_distance(hull, lo, hi))
     refinement = CameraRefinement(len(train_idx), float((hi - lo).norm()) / 2).to(device) if cfg["refine_cameras"] else None
-    train_cfg = TrainConfig(
-        steps=int(cfg["steps"]), target_samples=int(cfg["target_samples"]), lr=float(cfg["lr"]),
-        lr_final_factor=float(cfg["lr_final_factor"]), refine_cameras=bool(cfg["refine_cameras"]),
-        camera_lr=float(cfg["camera_lr"]), camera_weight=float(cfg["camera_weight"]),
-        silhouette_weight=float(cfg["silhouette_weight"]), transient_weight=float(cfg["transient_weight"]),
-        appearance_weight=float(cfg["appearance_weight"]),
-        background_fraction=float(cfg["background_fraction"]), step_size=step_size,
-        coarse_step_factor=float(cfg["coarse_step_factor"]), coarse_fraction=float(cfg["coarse_fraction"]),
-        occupancy_update_every=int(cfg["occupancy_update_every"]), occupancy_warmup=int(cfg["occupancy_warmup"]),
-        checkpoint_every=int(cfg["checkpoint_every"]), max_seconds=float(cfg["max_seconds"]), seed=int(cfg["seed"]))
+    train_cfg = from_section(TrainConfig, cfg, step_size=step_size)
     pixels = TrainingPixels.from_photos([images[i] for i in train_idx], train_masks,
                                         int(cfg["background_band_px"])).to(device)
 
-    heldout_views = {v: _downsized(frames[v], images[v], coverages[v], int(cfg["heldout_image_size"])) for v in held_idx}
+    heldout_views = {v: shrink_view(frames[v], int(cfg["heldout_image_size"]), images[v], coverages[v]) for v in held_idx}
 
     def evaluate(views: list[int]) -> list[dict]:
         field.eval()
@@ -273,12 +328,24 @@ def run(ctx: StageContext) -> dict:
         result.curves["eval_seconds"].append(result.seconds)
         result.curves["heldout_psnr"].append(mean_masked)
     _plot_curves(out / "curves.png", result.curves)
+    if field.has_transient:
+        _transient_sheet(out / "transient.png", field, grid, frames, images, train_idx, step_size)
+    held_stems = {frames[i].stem for i in held_idx}
+    notes = {f.stem: {"role": "held out" if f.stem in held_stems else "training"} for f in frames}
+    for stem, verdict in zip(mask_stems, verdicts):
+        if verdict.status == "dropped":
+            notes[stem] = {"dropped": verdict.why}
+        else:
+            notes[stem]["mask check"] = verdict.why or verdict.status
+    write_photo_notes(out, notes)
     total = time.perf_counter() - started
     metrics = {
         "heldout_psnr_masked": mean_masked, "heldout_psnr_image": mean_image, "heldout": per_photo,
         "train_photos": len(train_idx), "heldout_photos": len(held_idx), "steps": result.steps_done,
         "resumed_from_step": result.resumed_from, "stopped_early": result.stopped_early,
         "train_seconds": result.seconds, "hull_seconds": hull_seconds, "total_seconds": total,
+        "masks": {stem: {"status": v.status, "removed": round(v.removed, 4), "iou": round(v.iou, 4),
+                         "why": v.why} for stem, v in zip(mask_stems, verdicts)},
         "hull_fraction": float(hull.float().mean()), "hash_max_resolution": max_res, "occupied_fraction_of_hull": result.curves["occupied"][-1]
         if result.curves["occupied"] else 1.0,
         "final_train_psnr": result.curves["psnr"][-1] if result.curves["psnr"] else float("nan"),
@@ -293,19 +360,41 @@ def run(ctx: StageContext) -> dict:
     return {"figure": figure, **{k: v for k, v in metrics.items() if k not in ("curves", "heldout")}}
 
 
-@torch.no_grad()
 def _write_density_grid(path: Path, field: NerfWField, grid: OccupancyGrid, res: int) -> None:
     """Density at the centres of a res^3 grid over the field's box; 0 outside the visual hull."""
-    lo, size = field.aabb_min, field.aabb_size
-    axes = [lo[a] + (torch.arange(res, device=lo.device) + 0.5) * size[a] / res for a in range(3)]
-    density = torch.empty(res ** 3, device=lo.device)
-    for x in range(res):  # one slab at a time keeps memory flat
-        pts = torch.stack(torch.meshgrid(axes[0][x:x + 1], axes[1], axes[2], indexing="ij"), -1).reshape(-1, 3)
-        flat, inside = grid.cell_index(pts)
-        sigma = field.density(pts)[0]
-        density[x * res * res:(x + 1) * res * res] = torch.where(grid.hull[flat] & inside, sigma, torch.zeros_like(sigma))
-    np.savez(path, density=density.view(res, res, res).cpu().numpy().astype(np.float32),
-             aabb_min=lo.cpu().numpy(), aabb_max=(lo + size).cpu().numpy())
+    def hull_density(points: torch.Tensor) -> torch.Tensor:
+        flat, inside = grid.cell_index(points)
+        return torch.where(grid.hull[flat] & inside, field.density(points)[0], 0.0)
+
+    lo, hi = field.aabb_min, field.aabb_min + field.aabb_size
+    density = evaluate_on_grid(hull_density, lo, hi, res)
+    np.savez(path, density=density.cpu().numpy(), aabb_min=lo.cpu().numpy(), aabb_max=hi.cpu().numpy())
+
+
+@torch.no_grad()
+def _transient_sheet(path: Path, field: NerfWField, grid: OccupancyGrid, frames: list[Frame], images: list[np.ndarray],
+                     train_idx: list[int], step_size: float, photos: int = 4, size: int = 240) -> None:
+    """What the transient part took from a few training photos: photo | static render | transient
+    render | transient opacity. Occluders, cast shadows and highlights that only one photo shows
+    belong in the transient column, not in the shape or its colour."""
+    tiles, labels = [], []
+    device = field.aabb_min.device
+    for j in np.linspace(0, len(train_idx) - 1, min(photos, len(train_idx))).round().astype(int):
+        i = train_idx[j]
+        frame, photo = shrink_view(frames[i], size, images[i])
+        cams = Cameras.from_frames([frame]).to(device)
+        py, px = torch.meshgrid(torch.arange(frame.h, device=device), torch.arange(frame.w, device=device), indexing="ij")
+        origins, dirs = cams.rays(torch.zeros(px.numel(), dtype=torch.long, device=device), px.reshape(-1), py.reshape(-1))
+        code = torch.full((px.numel(),), j, dtype=torch.long, device=device)
+        parts = [render_rays(field, grid, origins[k:k + 8192], dirs[k:k + 8192], field.appearance(code[k:k + 8192]),
+                             step_size, transient_codes=field.transient_codes(code[k:k + 8192]))
+                 for k in range(0, px.numel(), 8192)]
+        static = torch.cat([p["rgb"] for p in parts]).view(frame.h, frame.w, 3)
+        transient = torch.cat([p["rgb_transient"] for p in parts]).view(frame.h, frame.w, 3)
+        opacity = torch.cat([p["acc_transient"] for p in parts]).view(frame.h, frame.w, 1).expand(-1, -1, 3)
+        tiles += [photo] + [(t.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8) for t in (static, transient, opacity)]
+        labels += [frame.stem, "static", "transient", "transient opacity"]
+    write_png(path, contact_sheet(tiles, labels, tile_height=size, columns=4))
 
 
 def _write_heldout_png(path: Path, photo: np.ndarray, render: dict) -> None:

@@ -22,8 +22,9 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.common.notes import write_photo_notes
+from stages.context import StageContext
+from stages.errors import NeroicError
 from stages.common.images import UnreadableImage, load_photo, resize, write_png
 
 MM_PER_INCH, MM_PER_CM = 25.4, 10.0
@@ -119,6 +120,11 @@ def run(ctx: StageContext) -> dict:
         })
     (ctx.out / "photos.json").write_text(json.dumps(
         {"photos": photos, "skipped": skipped, "duplicates": duplicates}, indent=2))
+    notes = {p["stem"]: {"photo": {"image": p["image"]}, "file": p["name"], "camera": p["camera"] or "no EXIF"}
+             for p in photos}
+    notes.update({s["name"]: {"file": s["name"], "dropped": f"unreadable: {s['reason']}"} for s in skipped})
+    notes.update({d["name"]: {"file": d["name"], "dropped": f"a duplicate of {d['same_as']}"} for d in duplicates})
+    write_photo_notes(ctx.out, notes)
     if len(photos) < cfg["min_photos"]:
         detail = f" ({len(skipped)} unreadable, {len(duplicates)} duplicates)" if skipped or duplicates else ""
         raise NeroicError(f"only {len(photos)} usable photo(s) in {folder}{detail}; "

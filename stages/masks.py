@@ -3,16 +3,18 @@
 Inputs   ingest/ (photos.json, images/, alpha/); optionally the user's mask folder
          (`--masks DIR`: files named like the photos, e.g. 01.png or 01.jpg.png for 01.jpg).
 Outputs  masks/<stem>.png        8-bit greyscale mask at the working size (object >= threshold)
-         masks/masks.json        {"threshold": t, "masks": [{stem, mask, source, fraction, status}]}
-                                 source: "user" | "alpha" | "rembg"; status: "ok" | "empty" | "full"
+         masks/masks.json        {"threshold": t, "masks": [{stem, mask, source, fraction, sharpness,
+                                 status}]} source: "user" | "alpha" | "rembg"; status: "ok" |
+                                 "empty" | "full" | "blurred" (sharpness: variance of the
+                                 Laplacian inside the mask)
          masks/contact_sheet.png every photo with its mask overlaid, excluded ones labelled red
-Config   [masks] model, use_alpha, min_fraction, max_fraction, threshold.
+Config   [masks] model, use_alpha, min_fraction, max_fraction, threshold, min_relative_sharpness.
 Order    a user mask wins, then the photo's own alpha (use_alpha), then rembg with `model`.
 Cache    reruns when ingest's output, the user's masks or the config change.
 Failures rembg weights missing (run `make setup`; they are never downloaded at run time),
          an unreadable user mask (error naming it); masks that are nearly empty or nearly the
-         whole photo are flagged, excluded downstream and named in a warning; fewer than 3
-         usable masks is an error.
+         whole photo, and photos far blurrier than the others, are flagged, excluded downstream
+         and named in a warning; fewer than 3 usable masks is an error.
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.common.notes import write_photo_notes
+from stages.context import StageContext
+from stages.errors import NeroicError
 from stages.common.images import UnreadableImage, load_photo, read_mask, read_rgb, resize, write_png
 from stages.common.sheets import contact_sheet, mask_overlay
 
@@ -77,6 +80,19 @@ def _classify(fraction: float, cfg: dict) -> str:
     return "ok"
 
 
+def sharpness(rgb: np.ndarray, mask: np.ndarray) -> float:
+    """Variance of the Laplacian of the photo's grey levels inside the mask (shrunk by a few
+    pixels, so the silhouette's own edge does not count): low for a blurred or shaken photo."""
+    import cv2
+    from scipy.ndimage import binary_erosion
+
+    inner = binary_erosion(mask, iterations=3)
+    if inner.sum() < 64:
+        return 0.0
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(cv2.Laplacian(grey, cv2.CV_32F)[inner].var())
+
+
 def run(ctx: StageContext) -> dict:
     cfg = ctx.config
     ingest = ctx.input("ingest")
@@ -101,19 +117,33 @@ def run(ctx: StageContext) -> dict:
             masker = masker or RembgMasker(cfg["model"])
             mask, source = masker(read_rgb(ingest / photo["image"])), "rembg"
         write_png(ctx.out / f"{stem}.png", mask)
+        rgb = read_rgb(ingest / photo["image"])
         fraction = float((mask >= cfg["threshold"]).mean())
-        status = _classify(fraction, cfg)
-        entries.append({"stem": stem, "mask": f"{stem}.png", "source": source,
-                        "fraction": round(fraction, 5), "status": status})
-        tiles.append(mask_overlay(read_rgb(ingest / photo["image"]), mask, cfg["threshold"]))
-        labels.append(f"{stem} {fraction:.0%}" + ("" if status == "ok" else f" {status.upper()}"))
-        colours.append((230, 230, 230) if status == "ok" else (255, 80, 80))
+        entries.append({"stem": stem, "mask": f"{stem}.png", "source": source, "fraction": round(fraction, 5),
+                        "sharpness": round(sharpness(rgb, mask >= cfg["threshold"]), 3),
+                        "status": _classify(fraction, cfg)})
+        tiles.append(mask_overlay(rgb, mask, cfg["threshold"]))
+    typical = float(np.median([e["sharpness"] for e in entries if e["status"] == "ok"] or [0.0]))
+    for e in entries:
+        if e["status"] == "ok" and e["sharpness"] < cfg["min_relative_sharpness"] * typical:
+            e["status"] = "blurred"
+    for e in entries:
+        labels.append(f"{e['stem']} {e['fraction']:.0%}" + ("" if e["status"] == "ok" else f" {e['status'].upper()}"))
+        colours.append((230, 230, 230) if e["status"] == "ok" else (255, 80, 80))
     write_png(ctx.out / "contact_sheet.png", contact_sheet(tiles, labels, label_colours=colours))
+    write_photo_notes(ctx.out, {e["stem"]: {"mask": f"{e['source']}, {e['fraction']:.0%} of the photo"} |
+                                ({} if e["status"] == "ok" else {"dropped": "blurred" if e["status"] == "blurred"
+                                                                 else f"its mask is {e['status']}"})
+                                for e in entries})
     (ctx.out / "masks.json").write_text(json.dumps({"threshold": cfg["threshold"], "masks": entries}, indent=2))
     flagged = [e for e in entries if e["status"] != "ok"]
     for e in flagged:
-        ctx.log.warning("excluding %s: its mask is %s (%.1f%% of the photo)", e["stem"], e["status"],
-                        100 * e["fraction"])
+        if e["status"] == "blurred":
+            ctx.log.warning("excluding %s: it is blurred (%.0f%% of the photos' typical sharpness)", e["stem"],
+                            100 * e["sharpness"] / max(typical, 1e-9))
+        else:
+            ctx.log.warning("excluding %s: its mask is %s (%.1f%% of the photo)", e["stem"], e["status"],
+                            100 * e["fraction"])
     usable = len(entries) - len(flagged)
     if usable < USABLE_MINIMUM:
         raise NeroicError(f"only {usable} photo(s) have a usable mask ({len(flagged)} empty or full)",

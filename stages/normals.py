@@ -4,9 +4,10 @@ Inputs   geometry/ (the trained field, occupancy grid and cameras.json, whose ma
          lead to the masks), poses/.
 Method   (NeROIC) evaluate the density on grids over the object's box, tightening the box at
          each resolution to 1.2x the extent of the cells with density > `tighten_threshold`;
-         remap s' = -(1/a) exp(-a s) so the huge densities inside the object stop dominating;
          correlate with the smoothed Sobel-like 5x5x5 kernel K(d) = -d/|d|^2 (one per axis),
-         which gives -grad s'; the normal is that, normalised (it points out of the object).
+         which gives a smoothed -grad: of an SDF field's signed distance (the normal is +grad d,
+         normalised), or of a density field's remapped density s' = -(1/a) exp(-a s) (so the
+         huge densities inside the object stop dominating; the normal is -grad s').
          Then for every pixel inside a photo's mask (grown by 2 px), the volume-rendered sum of
          grid normals along its ray, marched front to back until opaque, is the target the
          material stage fits.
@@ -24,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from stages.field.grids import evaluate_on_grid, sample_grid
 
 MASK_MARGIN_PX = 2  # views are rendered inside the masks grown by this much
 
@@ -49,43 +52,25 @@ def remap_density(sigma: Tensor, a: float) -> Tensor:
     return -torch.exp(-a * sigma) / a
 
 
-def sobel_normals(density: Tensor, voxel_size: Tensor, a: float, radius: int = 2) -> Tensor:
-    """density [X, Y, Z] -> outward unit normals [X, Y, Z, 3] (world axes).
-
-    voxel_size: [3] world size of a cell along x, y, z (the gradient is divided by it, so boxes
-    that are not cubes still give true normals). Borders are padded by replication.
-    """
-    s = remap_density(density, a)[None, None]
-    s = F.pad(s, (radius,) * 6, mode="replicate")
+def _negative_gradient(volume: Tensor, voxel_size: Tensor, radius: int) -> Tensor:
+    """Smoothed -grad of a grid [X, Y, Z] -> [X, Y, Z, 3] per world unit (Sobel-like kernels,
+    borders padded by replication)."""
+    s = F.pad(volume[None, None], (radius,) * 6, mode="replicate")
     neg_grad = F.conv3d(s, sobel_kernels(radius).to(s), padding=0)[0]  # [3, X, Y, Z], voxel units
-    neg_grad = neg_grad / voxel_size.to(neg_grad).view(3, 1, 1, 1)
-    return F.normalize(neg_grad.permute(1, 2, 3, 0), dim=-1, eps=1e-12)
+    return (neg_grad / voxel_size.to(neg_grad).view(3, 1, 1, 1)).permute(1, 2, 3, 0)
 
 
-def sample_grid(values: Tensor, positions: Tensor, aabb_min: Tensor, aabb_max: Tensor) -> Tensor:
-    """Trilinear lookup of a [X, Y, Z, C] grid (cell-centred) at world positions [N, 3] -> [N, C]."""
-    unit = (positions - aabb_min) / (aabb_max - aabb_min) * 2 - 1  # [-1, 1] over the box
-    grid = unit[:, [2, 1, 0]].view(1, -1, 1, 1, 3)  # grid_sample wants (W, H, D) = (z, y, x)
-    volume = values.permute(3, 0, 1, 2).unsqueeze(0)  # [1, C, X, Y, Z]
-    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.view(values.shape[-1], -1).t()
+def sobel_normals(density: Tensor, voxel_size: Tensor, a: float, radius: int = 2) -> Tensor:
+    """density [X, Y, Z] -> outward unit normals [X, Y, Z, 3] (world axes): -grad of the remapped
+    density. voxel_size: [3] world size of a cell along x, y, z (the gradient is divided by it, so
+    boxes that are not cubes still give true normals)."""
+    return F.normalize(_negative_gradient(remap_density(density, a), voxel_size, radius), dim=-1, eps=1e-12)
 
 
-@torch.no_grad()
-def density_on_grid(density_fn, aabb_min: Tensor, aabb_max: Tensor, resolution: int,
-                    chunk: int = 1 << 18) -> Tensor:
-    """Evaluate density_fn([N, 3] world -> [N]) at the cell centres of a res^3 grid -> [X, Y, Z]."""
-    axes = [aabb_min[a] + (torch.arange(resolution, device=aabb_min.device) + 0.5)
-            * (aabb_max[a] - aabb_min[a]) / resolution for a in range(3)]
-    xs = axes[0]
-    yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
-    out = torch.empty(resolution, resolution * resolution, device=aabb_min.device)
-    rows_per_chunk = max(1, chunk // yz.shape[0])
-    for start in range(0, resolution, rows_per_chunk):
-        x = xs[start:start + rows_per_chunk]
-        pts = torch.cat([x.repeat_interleave(yz.shape[0])[:, None], yz.repeat(x.shape[0], 1)], 1)
-        out[start:start + x.shape[0]] = density_fn(pts).view(x.shape[0], -1)
-    return out.view(resolution, resolution, resolution)
+def sdf_normals(sdf: Tensor, voxel_size: Tensor, radius: int = 2) -> Tensor:
+    """Signed distance [X, Y, Z] (negative inside) -> outward unit normals [X, Y, Z, 3]: its
+    gradient, by the same smoothed Sobel filter (a distance needs no remapping)."""
+    return F.normalize(-_negative_gradient(sdf, voxel_size, radius), dim=-1, eps=1e-12)
 
 
 def tighten_box(density: Tensor, aabb_min: Tensor, aabb_max: Tensor, threshold: float,
@@ -144,10 +129,8 @@ def render_view_normals(density: Tensor, normals: Tensor, aabb_min: Tensor, aabb
     device = density.device
     h, w = frame.h, frame.w
     inside = binary_dilation(mask, iterations=MASK_MARGIN_PX)
-    small, small_inside = frame, inside
-    if max_size and max(w, h) > max_size:
-        scale = max_size / max(w, h)
-        small = frame.scaled(max(1, round(w * scale)), max(1, round(h * scale)))
+    small, small_inside = frame.shrunk(max_size), inside
+    if small is not frame:
         small_inside = binary_dilation(resize(inside.astype(np.uint8) * 255, (small.w, small.h)) > 0, iterations=1)
     py, px = (torch.from_numpy(a).to(device) for a in np.nonzero(small_inside))
     origins, dirs = Cameras.from_frames([small]).to(device).rays(torch.zeros_like(px), px, py)
@@ -174,7 +157,7 @@ def run(ctx):
 
     import numpy as np
 
-    from pipeline.errors import NeroicError
+    from stages.errors import NeroicError
     from stages.common.images import read_rgb, write_png
     from stages.common.sheets import contact_sheet
     from stages.field.trained import frame_masks, load_trained_field
@@ -188,13 +171,16 @@ def run(ctx):
 
     lo, hi = grid.occupied_aabb()
     for res in cfg["tighten_resolutions"]:
-        lo, hi = tighten_box(density_on_grid(density_fn, lo, hi, res), lo, hi, cfg["tighten_threshold"])
+        lo, hi = tighten_box(evaluate_on_grid(density_fn, lo, hi, res), lo, hi, cfg["tighten_threshold"])
     res = cfg["resolution"]
-    density = density_on_grid(density_fn, lo, hi, res)
+    density = evaluate_on_grid(density_fn, lo, hi, res)
     if not bool((density > cfg["tighten_threshold"]).any()):
         raise NeroicError("the geometry field is empty: no density above the threshold anywhere",
                           hint="check geometry/heldout/*.png; rerun geometry with more steps")
-    normals = sobel_normals(density, (hi - lo) / res, cfg["remap_a"])
+    if field.is_sdf:
+        normals = sdf_normals(evaluate_on_grid(lambda p: field.sdf(p)[0], lo, hi, res), (hi - lo) / res)
+    else:
+        normals = sobel_normals(density, (hi - lo) / res, cfg["remap_a"])
     np.savez_compressed(ctx.out / "normal_grid.npz", normals=normals.cpu().numpy().astype(np.float16),
                         density=density.cpu().numpy(), aabb_min=lo.cpu().numpy(), aabb_max=hi.cpu().numpy())
 

@@ -1,11 +1,12 @@
 """Rendering any cameras from a finished workdir: what `neroic render` does.
 
-    render_cameras(workdir, frames, Path("out"), what=("rgb", "alpha"), light=None)
+    folders = {name: workdir / name for name in needed_stages(kinds, relit=..., turntable=...)}
+    written = render(folders, out, kinds, light=..., cameras=frames or turntable=36)
 
-Cameras come in the method.md format (transforms.json), or as a turntable around the object
-(`turntable_frames`). Each frame's pictures are named after its file_path stem, so renders
-line up with photos: frame `test/r_003.png` gives OUT/r_003.png (rgb, opacity as alpha) and
-OUT/<kind>/r_003.png for the other kinds:
+Cameras come in the method.md format (transforms.json), or as a turntable around the object.
+Each frame's pictures are named after its file_path stem, so renders line up with photos: frame
+`test/r_003.png` gives OUT/r_003.png (rgb, opacity as alpha) and OUT/<kind>/r_003.png for the
+other kinds:
   alpha     8-bit opacity
   depth     16-bit, distance along the ray in thousandths of a world unit (0 = empty)
   normal    (n + 1) / 2 of the world normal (normals stage's Sobel grid, refined by the material
@@ -13,38 +14,48 @@ OUT/<kind>/r_003.png for the other kinds:
   albedo, shading, specular   the material stage's layers (sRGB-encoded; shading = irradiance/pi)
 Without a light, rgb is the geometry field's colour with one training photo's appearance code
 (`appearance_of`) or the neutral (mean) code. With a light ([9, 3] SH, method.md), rgb is the
-object relit: albedo/pi * E(n) + specular lobe, with cast shadows from the density grid.
+object relit: albedo/pi * E(n) + specular lobe, with cast shadows through the same density grid
+the material stage trained with. The caller (the CLI) checks that the stages it passes are done.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.cache import read_manifest
-from pipeline.errors import NeroicError
-from stages.common.cameras import Frame, frame_stem
+from stages.common.cameras import Frame, frame_stem, orbit_frames, read_transforms
 from stages.common.images import write_png
+from stages.errors import NeroicError
 
 KINDS = ("rgb", "alpha", "depth", "normal", "albedo", "shading", "specular")
 MATERIAL_KINDS = ("albedo", "shading", "specular")
 
 
-def require_stage(workdir: Path, name: str, why: str) -> Path:
-    folder = Path(workdir) / name
-    if read_manifest(folder) is None:
-        raise NeroicError(f"{why} needs the {name} stage, which has not run in {workdir}",
-                          hint=f"run `neroic run ... --until {name}` first")
-    return folder
+def needed_stages(kinds: tuple[str, ...], relit: bool, turntable: bool) -> tuple[str, ...]:
+    """The stages whose outputs rendering these kinds needs (poses only for a turntable)."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise NeroicError(f"unknown render kind(s): {', '.join(sorted(unknown))}",
+                          hint=f"choose from {', '.join(KINDS)}")
+    shaded = relit or bool(set(kinds) & set(MATERIAL_KINDS))
+    needed = ["geometry"]
+    if "normal" in kinds or shaded:
+        needed.append("normals")
+    if shaded:
+        needed.append("material")
+    if turntable:
+        needed.append("poses")
+    return tuple(needed)
 
 
-def learned_light(workdir: Path, photo: str) -> np.ndarray:
+def learned_light(material_dir: Path, photo: str) -> np.ndarray:
     """The SH light [9, 3] the material stage learned for one photo (by name or stem)."""
     from stages.common.sh import read_lighting
 
-    lights = read_lighting(require_stage(workdir, "material", "--lighting-of") / "lighting.json")
+    lights = read_lighting(material_dir / "lighting.json")
     for file_path, coeffs in lights:
         if file_path and frame_stem(file_path) == frame_stem(photo):
             return coeffs
@@ -52,26 +63,30 @@ def learned_light(workdir: Path, photo: str) -> np.ndarray:
                       hint=f"photos with lights: {', '.join(frame_stem(f) for f, _ in lights[:8] if f)} ...")
 
 
-def turntable_frames(template: Frame, n: int, elevation_deg: float = 20.0, centre=(0.0, 0.0, 0.0)) -> list[Frame]:
-    """n cameras on a circle around `centre` (about world +Y), at the template camera's distance
-    and intrinsics, looking at the centre from `elevation_deg` above the horizon."""
-    centre = np.asarray(centre, dtype=float)
-    radius = float(np.linalg.norm(template.centre - centre))
-    frames = []
-    for k in range(n):
-        azimuth, elev = 2 * math.pi * k / n, math.radians(elevation_deg)
-        eye = centre + radius * np.array([math.sin(azimuth) * math.cos(elev), math.sin(elev),
-                                          math.cos(azimuth) * math.cos(elev)])
-        back = (eye - centre) / np.linalg.norm(eye - centre)  # OpenGL camera +Z points backwards
-        right = np.cross([0.0, 1.0, 0.0], back)
-        right /= np.linalg.norm(right)
-        c2w = np.eye(4)
-        c2w[:3, :3] = np.stack([right, np.cross(back, right), back], axis=1)
-        c2w[:3, 3] = eye
-        frames.append(Frame(stem=f"turntable_{k:03d}", c2w=c2w, fl_x=template.fl_x, fl_y=template.fl_y,
-                            cx=template.cx, cy=template.cy, w=template.w, h=template.h,
-                            file_path=f"turntable_{k:03d}.png"))
-    return frames
+def read_light(path: Path) -> np.ndarray:
+    """The first light [9, 3] of a lighting file (method.md JSON)."""
+    from stages.common.sh import read_lighting
+
+    try:
+        return read_lighting(path)[0][1]
+    except (ValueError, IndexError) as e:
+        raise NeroicError(f"{path}: {e or 'no light in the file'}") from None
+
+
+def environment_light(path: Path) -> np.ndarray:
+    """An equirectangular environment image projected to an SH light [9, 3]."""
+    from stages.common.envmap import read_environment
+    from stages.common.sh import project_env_to_sh
+
+    return project_env_to_sh(read_environment(path))
+
+
+def turntable_frames(poses_dir: Path, n: int, elevation_deg: float = 20.0) -> list[Frame]:
+    """n cameras around the object's centre at the first photo's distance and intrinsics."""
+    centre = json.loads((poses_dir / "normalization.json").read_text(encoding="utf-8"))["bounds"]["center"]
+    template = read_transforms(poses_dir / "transforms.json", roots=[poses_dir.parent])[0]
+    distance = float(np.linalg.norm(template.centre - np.asarray(centre, dtype=float)))
+    return orbit_frames(n, template, distance, centre, elevation_deg, stem="turntable")
 
 
 def _to8(x: torch.Tensor) -> np.ndarray:
@@ -81,16 +96,12 @@ def _to8(x: torch.Tensor) -> np.ndarray:
 class Renderer:
     """A finished workdir's field (and, when needed, normals and material) ready to render views."""
 
-    def __init__(self, workdir: Path, what: tuple[str, ...], light: np.ndarray | None, device: str,
+    def __init__(self, folders: dict[str, Path], what: tuple[str, ...], light: np.ndarray | None, device: str,
                  appearance_of: str | None = None):
         from stages.field.trained import load_trained_field
 
-        unknown = set(what) - set(KINDS)
-        if unknown:
-            raise NeroicError(f"unknown render kind(s): {', '.join(sorted(unknown))}",
-                              hint=f"choose from {', '.join(KINDS)}")
-        self.what, self.device, workdir = what, device, Path(workdir)
-        self.trained = load_trained_field(require_stage(workdir, "geometry", "rendering"), device)
+        self.what, self.device = what, device
+        self.trained = load_trained_field(folders["geometry"], device)
         if appearance_of is not None and frame_stem(appearance_of) not in self.trained.train_stems:
             raise NeroicError(f"--appearance-of {appearance_of}: not a training photo of this workdir",
                               hint=f"training photos: {', '.join(self.trained.train_stems[:8])} ...")
@@ -98,18 +109,18 @@ class Renderer:
         self.shaded = light is not None or bool(set(what) & set(MATERIAL_KINDS))
         self.normal_grid = None
         if "normal" in what or self.shaded:
-            with np.load(require_stage(workdir, "normals", "normals") / "normal_grid.npz", allow_pickle=False) as d:
+            with np.load(folders["normals"] / "normal_grid.npz", allow_pickle=False) as d:
                 self.normal_grid = [torch.from_numpy(d[k].astype(np.float32)).to(device)
                                     for k in ("density", "normals", "aabb_min", "aabb_max")]
         if self.shaded:
             from stages.material.material_field import load_material
             from stages.material.visibility import DensityGrid
 
-            self.material = load_material(require_stage(workdir, "material", "relighting"), device)
+            self.material = load_material(folders["material"], device)
             self.light = torch.as_tensor(np.asarray(light if light is not None else _white_light()),
                                          dtype=torch.float32, device=device)
-            density, _, lo, hi = self.normal_grid
-            self.shadows = DensityGrid(density, lo, hi)
+            # the grid the material stage trained its shadows with, so a relit photo matches training
+            self.shadows = DensityGrid.load_npz(folders["geometry"] / "density_grid.npz", device)
 
     def render(self, frame: Frame) -> dict[str, np.ndarray]:
         """All requested pictures of one camera: name -> uint8/uint16 image."""
@@ -179,11 +190,14 @@ def _white_light() -> np.ndarray:
     return ambient_sh([1.0, 1.0, 1.0])
 
 
-def render_cameras(workdir: Path, frames: list[Frame], out_dir: Path, what: tuple[str, ...] = ("rgb",),
-                   light: np.ndarray | None = None, appearance_of: str | None = None, device: str = "cpu",
-                   progress=lambda x, **_: x) -> list[Path]:
-    """Render every frame into out_dir (rgb as OUT/<stem>.png, others as OUT/<kind>/<stem>.png)."""
-    renderer = Renderer(workdir, what, light, device, appearance_of)
+def render(folders: dict[str, Path], out_dir: Path, what: tuple[str, ...] = ("rgb",), light: np.ndarray | None = None,
+           cameras: list[Frame] | None = None, turntable: int = 0, appearance_of: str | None = None,
+           device: str = "cpu", progress=lambda x, **_: x) -> list[Path]:
+    """Render `cameras` (or a `turntable` of that many views, also written as turntable.gif) into
+    out_dir: rgb as OUT/<stem>.png, other kinds as OUT/<kind>/<stem>.png. `folders` maps the
+    stage names of `needed_stages` to their finished output folders."""
+    frames = turntable_frames(folders["poses"], turntable) if turntable else list(cameras or [])
+    renderer = Renderer(folders, what, light, device, appearance_of)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for frame in progress(frames, desc="rendering", unit="view"):
@@ -192,6 +206,8 @@ def render_cameras(workdir: Path, frames: list[Frame], out_dir: Path, what: tupl
             path.parent.mkdir(exist_ok=True)
             write_png(path, image)
             written.append(path)
+    if turntable and "rgb" in what:
+        written.append(write_animation([out_dir / f"{f.stem}.png" for f in frames], out_dir / "turntable.gif"))
     return written
 
 

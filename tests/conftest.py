@@ -1,6 +1,9 @@
-"""Shared fixtures: the real test data beside the repo and small captures made from it."""
+"""Shared fixtures: real photos (the example capture shipped in the repo), the larger test data
+beside the repo (../shared/data, optional: tests that need it skip without it) and small
+captures made from them."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -8,24 +11,31 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_PHOTOS = REPO / "examples" / "skull" / "images"  # CC BY 4.0, 1024 px JPEGs with EXIF
+SHARED_DATA = Path(os.environ.get("NEROIC_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def shared(*parts: str) -> Path:
+    """A path in ../shared/data; the calling test skips when it is absent (a user's clone)."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.fail(f"test data {path} is missing: the repo expects ../shared beside it")
+        pytest.skip(f"needs the test data {path} (../shared/data beside the repo), which is absent")
     return path
 
 
-@pytest.fixture
-def kermit_photos(tmp_path) -> Path:
-    """A copy of 5 kermit photos (640x480 JPEG with EXIF) in a fresh folder."""
-    folder = tmp_path / "kermit"
-    folder.mkdir()
-    for p in sorted(shared("kermit", "images").glob("*.jpg"))[:5]:
+def copy_photos(folder: Path, count: int) -> Path:
+    """The first `count` photos of the shipped skull example, copied into `folder`."""
+    folder.mkdir(parents=True)
+    for p in sorted(EXAMPLE_PHOTOS.glob("*.jpg"))[:count]:
         shutil.copy(p, folder / p.name)
     return folder
+
+
+@pytest.fixture
+def real_photos(tmp_path) -> Path:
+    """A copy of 5 real photos (the skull example: 1024 x 683 JPEG, Canon EXIF, 55 mm)."""
+    return copy_photos(tmp_path / "photos", 5)
 
 
 def write_image(path: Path, array: np.ndarray, **save_args) -> Path:
@@ -47,7 +57,7 @@ def disc_photo(size=(96, 72), radius=0.3, seed=0) -> tuple[np.ndarray, np.ndarra
 def make_pipeline(tmp_path):
     """Build a Pipeline on a fresh workdir: make_pipeline(photos, overrides=(), masks=None, poses=None)."""
     from pipeline.config import resolve
-    from pipeline.context import Sources
+    from stages.context import Sources
     from pipeline.runner import Pipeline
     from pipeline.workdir import Workdir
 

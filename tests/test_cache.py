@@ -36,3 +36,9 @@ def test_publish_replaces_and_recover_undoes_a_half_publication(tmp_path):
     assert cache.recover(tmp_path, ("ingest", "masks")) == ["masks"]
     assert cache.read_manifest(final) == {"v": 2}
     assert not trash.exists() and not (tmp_path / ".tmp").exists()
+
+
+def test_a_stage_code_fingerprint_covers_the_native_sources_it_compiles():
+    files = {f.name for f in cache.code_files("stages.geometry")}
+    assert {"hash_grid.py", "hash_grid.cpp", "mlp.cpp"} <= files
+    assert cache.code_fingerprint("stages.geometry")

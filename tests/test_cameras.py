@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.cameras import (
     Frame,
     c2w_from_w2c,

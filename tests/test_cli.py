@@ -1,16 +1,14 @@
 """The `neroic` command as a user meets it: exit codes, messages, caching, Ctrl-C."""
 import json
-import shutil
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from tests.conftest import disc_photo, shared, write_image
+from tests.conftest import copy_photos, disc_photo, write_image
 
 SET_SMALL = ["--set", "ingest.max_size=200"]
 SMALL = [*SET_SMALL, "--quiet"]
@@ -47,17 +45,17 @@ def test_empty_folder_two_photos_and_bad_out(tmp_path):
                            2, "unknown config key masks.nope")
 
 
-def test_rerun_skips_and_a_masks_change_reruns_only_downstream(kermit_photos, tmp_path):
-    out = tmp_path / "out" / "kermit.glb"
-    first = neroic("run", kermit_photos, "--out", out, "--until", "masks", *SMALL)
+def test_rerun_skips_and_a_masks_change_reruns_only_downstream(real_photos, tmp_path):
+    out = tmp_path / "out" / "model.glb"
+    first = neroic("run", real_photos, "--out", out, "--until", "masks", *SMALL)
     assert first.returncode == 0, first.stderr
-    work = tmp_path / "out" / "kermit.neroic"
+    work = tmp_path / "out" / "model.neroic"
     ingest_manifest = (work / "ingest" / "manifest.json").read_text()
 
-    again = neroic("run", kermit_photos, "--out", out, "--until", "masks", *SMALL)
+    again = neroic("run", real_photos, "--out", out, "--until", "masks", *SMALL)
     assert again.returncode == 0 and again.stdout.count("up to date") == 2, again.stdout
 
-    changed = neroic("run", kermit_photos, "--out", out, "--until", "masks", *SMALL, "--set", "masks.threshold=200")
+    changed = neroic("run", real_photos, "--out", out, "--until", "masks", *SMALL, "--set", "masks.threshold=200")
     assert "ingest    up to date" in changed.stdout and "masks     done" in changed.stdout, changed.stdout
     assert (work / "ingest" / "manifest.json").read_text() == ingest_manifest
     assert json.loads((work / "masks" / "masks.json").read_text())["threshold"] == 200
@@ -67,27 +65,26 @@ def test_rerun_skips_and_a_masks_change_reruns_only_downstream(kermit_photos, tm
     assert "ingest    done" in status.stdout and "masks     stale" in status.stdout  # --set is for one command
 
 
-def test_stage_command_names_the_missing_upstream(kermit_photos, tmp_path):
+def test_stage_command_names_the_missing_upstream(real_photos, tmp_path):
     out, work = tmp_path / "k.glb", tmp_path / "k.neroic"
-    (kermit_photos / "extra.jpg").write_text("not a photo")
-    assert neroic("run", kermit_photos, "--out", out, "--until", "ingest", *SMALL).returncode == 0
-    (kermit_photos / "extra.jpg").unlink()  # the photo folder changed: ingest is stale
+    (real_photos / "extra.jpg").write_text("not a photo")
+    assert neroic("run", real_photos, "--out", out, "--until", "ingest", *SMALL).returncode == 0
+    (real_photos / "extra.jpg").unlink()  # the photo folder changed: ingest is stale
     assert_one_clear_error(neroic("stage", "masks", "--workdir", work, *SET_SMALL), 1,
                            "needs stage 'ingest', which is stale")
     assert neroic("stage", "ingest", "--workdir", work, *SMALL).returncode == 0
     assert neroic("stage", "masks", "--workdir", work, *SMALL).returncode == 0
 
-    for name in ("kermit000.jpg", "kermit001.jpg", "kermit002.jpg"):
-        (kermit_photos / name).unlink()
+    for name in ("01.jpg", "02.jpg", "03.jpg"):
+        (real_photos / name).unlink()
     fresh = tmp_path / "fresh"
-    assert neroic("run", kermit_photos, "--out", out, "--workdir", fresh, *SMALL).returncode == 1
+    assert neroic("run", real_photos, "--out", out, "--workdir", fresh, *SMALL).returncode == 1
     assert_one_clear_error(neroic("stage", "masks", "--workdir", fresh), 1, "needs stage 'ingest', which is not run")
     assert_one_clear_error(neroic("status", "--workdir", tmp_path), 1, "is not a neroic workdir")
 
 
 def test_ctrl_c_keeps_finished_stages_and_rerun_resumes(tmp_path):
-    photos = tmp_path / "kermit"
-    shutil.copytree(shared("kermit", "images"), photos)  # 11 photos: masks takes a few seconds
+    photos = copy_photos(tmp_path / "photos", 11)  # masks takes a few seconds
     out, work = tmp_path / "k.glb", tmp_path / "k.neroic"
     args = ["run", photos, "--out", out, "--until", "masks", "--set", "ingest.max_size=320"]
     # as from a terminal: a CI runner may start us with SIGINT ignored, which children inherit
@@ -124,9 +121,9 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", mount], check=False)
 
 
-def test_full_disk_keeps_finished_stages(kermit_photos, tiny_disk):
+def test_full_disk_keeps_finished_stages(real_photos, tiny_disk):
     work, out = tiny_disk / "work", tiny_disk / "k.glb"
-    args = ("run", kermit_photos, "--out", out, "--workdir", work, *SMALL)
+    args = ("run", real_photos, "--out", out, "--workdir", work, *SMALL)
     assert neroic(*args, "--until", "ingest").returncode == 0
     ingest_files = sorted(p.name for p in (work / "ingest" / "images").iterdir())
     filler = tiny_disk / "filler"
@@ -144,3 +141,20 @@ def test_full_disk_keeps_finished_stages(kermit_photos, tiny_disk):
     filler.unlink()
     again = neroic(*args, "--until", "masks")
     assert again.returncode == 0 and "ingest    up to date" in again.stdout
+
+
+def test_running_out_of_memory_is_one_message():
+    """What torch raises when memory runs out (on the CPU: a RuntimeError from its allocator; on
+    CUDA: torch.OutOfMemoryError) becomes a NeroicError with what to try, not an internal error."""
+    import torch
+
+    from pipeline.runner import out_of_memory
+
+    try:
+        torch.empty(1 << 62, dtype=torch.uint8)
+    except RuntimeError as e:
+        host = out_of_memory(e, "geometry", "cpu")
+    assert host is not None and "ran out of memory in stage 'geometry'" in str(host) and "--profile preview" in str(host)
+    gpu = out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "material", "cuda")
+    assert gpu is not None and "GPU ran out of memory" in str(gpu) and "--device cpu" in str(gpu)
+    assert out_of_memory(RuntimeError("shape mismatch"), "geometry", "cpu") is None

@@ -11,13 +11,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
+import trimesh
 
 from stages.common.sh import random_sh_light
 from stages.common.colour import linear_to_srgb
-from stages.export.bake import (bake_textures, rasterize_uv, roughness_from_glossiness, sample_texture,
+from stages.common.images import sample_bilinear
+from stages.export.bake import (bake_textures, rasterize_uv, roughness_from_glossiness,
                                 tangent_frames)
 from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
-from stages.export.mesh import Mesh, chamfer_distance, clean_volume, lattice_points, mesh_from_density, sample_density
+from stages.export.mesh import chamfer_distance, clean_volume, lattice_points, mesh_from_density
+from stages.field.grids import evaluate_on_grid
 from stages.export.preview import render_mesh_sh, shading_normals
 from stages.export.silhouette import choose_threshold, silhouette_iou
 from stages.export.uv_atlas import unwrap
@@ -48,10 +52,10 @@ def spot_density(spot):
     lo, hi = spot.mesh_vertices.min(0) - 0.08, spot.mesh_vertices.max(0) + 0.08
 
     def density_fn(points):
-        sdf = scene.compute_signed_distance(o3d.core.Tensor(points.astype(np.float32)), nthreads=1).numpy()
-        return 100.0 / (1.0 + np.exp(np.clip(sdf / 0.01, -60.0, 60.0)))
+        sdf = scene.compute_signed_distance(o3d.core.Tensor(points.numpy()), nthreads=1).numpy()
+        return torch.from_numpy(100.0 / (1.0 + np.exp(np.clip(sdf / 0.01, -60.0, 60.0))))
 
-    density = sample_density(density_fn, lo, hi, 112)
+    density = evaluate_on_grid(density_fn, torch.from_numpy(lo), torch.from_numpy(hi), 112, nodes=True).numpy()
     density[2:6, 2:6, 2:6] = 100.0  # a floater in a corner, far from the cow
     return density, lo, hi
 
@@ -86,7 +90,7 @@ def spot_glb(tmp_path_factory, spot, spot_mesh):
     """The extracted Spot mesh, unwrapped, baked from the true material and written as a GLB."""
     mesh, _ = spot_mesh
     atlas = unwrap(mesh, texture_size=512, padding_px=4)
-    frames = tangent_frames(atlas, mesh.vertex_normals()[atlas.source_vertex])
+    frames = tangent_frames(atlas, mesh.vertex_normals[atlas.source_vertex])
     textures = bake_textures(atlas, frames, spot_material(spot), 512)
     path = tmp_path_factory.mktemp("export") / "spot.glb"
     write_glb(path, TexturedMesh(atlas.vertices, frames.normals, frames.tangents, atlas.uvs, atlas.faces,
@@ -97,7 +101,7 @@ def spot_glb(tmp_path_factory, spot, spot_mesh):
 
 def test_mesh_from_density_recovers_the_true_surface(spot, spot_mesh):
     mesh, stats = spot_mesh
-    truth = Mesh(spot.mesh_vertices, spot.mesh_faces)
+    truth = trimesh.Trimesh(spot.mesh_vertices, spot.mesh_faces, process=False)
     diagonal = float(np.linalg.norm(truth.vertices.max(0) - truth.vertices.min(0)))
     chamfer = chamfer_distance(mesh, truth, n=100_000)
     assert chamfer <= 0.005 * diagonal, f"Chamfer {chamfer:.5f} > 0.5% of the diagonal {diagonal:.3f}"
@@ -167,17 +171,15 @@ def test_depth_maps_and_hidden_nodes_of_a_foam_filled_ball():
     raw = mesh_from_density(density, [-1.0] * 3, [1.0] * 3, 100.0, hidden=np.zeros_like(hidden),
                             taubin_iterations=0, morphology_nodes=0)[0]
     sphere = 4 * math.pi * 0.6**2
-    assert sphere < mesh.area() < 1.15 * sphere, mesh.area() / sphere  # the outer sphere (staircased) only
-    assert raw.area() > 1.5 * mesh.area(), raw.area() / sphere  # without filling, the foam's faces too
+    assert sphere < mesh.area < 1.15 * sphere, mesh.area / sphere  # the outer sphere (staircased) only
+    assert raw.area > 1.5 * mesh.area, raw.area / sphere  # without filling, the foam's faces too
 
 
 def test_lattice_visibility_fills_without_cameras_and_morphology_removes_a_tunnel():
-    import trimesh
-
     density, nodes, r = _foam_ball()
     mesh, stats = mesh_from_density(density, [-1.0] * 3, [1.0] * 3, 100.0, taubin_iterations=0)
     assert stats["filled_nodes"] > 0.9 * ((r < 0.45) & (density < 100)).sum()  # the foam, seen from 26 directions
-    assert mesh.area() < 1.15 * 4 * math.pi * 0.6**2
+    assert mesh.area < 1.15 * 4 * math.pi * 0.6**2
 
     x, y, _ = np.meshgrid(*nodes, indexing="ij")
     solid = np.where(r < 0.6, 200.0, 0.0)
@@ -185,8 +187,7 @@ def test_lattice_visibility_fills_without_cameras_and_morphology_removes_a_tunne
     for morphology, genus in ((0, 1), (1, 0)):
         mesh, _ = mesh_from_density(solid, [-1.0] * 3, [1.0] * 3, 100.0, taubin_iterations=0,
                                     morphology_nodes=morphology)
-        surface = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-        assert surface.is_watertight and (2 - surface.euler_number) // 2 == genus, (morphology, surface.euler_number)
+        assert mesh.is_watertight and (2 - mesh.euler_number) // 2 == genus, (morphology, mesh.euler_number)
 
 
 def test_silhouette_threshold_choice_matches_masks(spot, spot_density):
@@ -236,7 +237,7 @@ def test_baked_texture_reproduces_the_colour_function(spot, spot_glb):
     points = np.einsum("nk,nkc->nc", w, atlas.vertices[atlas.faces[face]])
     uv = np.einsum("nk,nkc->nc", w, atlas.uvs[atlas.faces[face]])
     truth = linear_to_srgb(spot_material(spot)(points, np.zeros_like(points))["albedo"])
-    baked = sample_texture(textures.base_colour, uv) / 255.0
+    baked = sample_bilinear(textures.base_colour, uv) / 255.0
     error = np.abs(baked - truth)
     # Spot's texture has hard edges between patches, which a 512^2 bake blurs: look at the median.
     assert np.median(error) < 0.01 and np.mean(error) < 0.04, (np.median(error), np.mean(error))
@@ -281,8 +282,6 @@ def test_glb_passes_the_khronos_validator_and_reads_back(spot_glb):
 
 
 def test_obj_export_matches_the_glb(tmp_path, spot_glb):
-    import trimesh
-
     from stages.export import _write_obj
 
     _, atlas, frames, _ = spot_glb

@@ -14,10 +14,18 @@ from stages.common.cameras import Frame
 from stages.field.encodings import HashGridEncoding, sh_encode
 from stages.field.mlp import MLP
 from stages.field.nerfw_field import NerfWField
-from stages.field.occupancy import OccupancyGrid, carve_visual_hull
+from stages.field.occupancy import OccupancyGrid, carve_visual_hull, hull_signed_distance
 from stages.field.rays import CameraRefinement, Cameras, axis_angle_to_matrix
 from stages.field.rendering import composite, exclusive_transmittance, nerfw_weights, render_image, render_rays
-from stages.field.training import TrainConfig, TrainingPixels, load_checkpoint, train_field
+from stages.field.checkpoints import config_key, load_checkpoint
+from stages.field.training import TrainConfig, TrainingPixels, train_field
+from pipeline.config import defaults
+from stages.common.settings import from_section
+
+
+def geometry_train_config(**changes) -> TrainConfig:
+    """The stage's own training settings (config defaults, no time budget) with `changes`."""
+    return from_section(TrainConfig, {**defaults()["geometry"], "max_seconds": 0.0}, **changes)
 
 
 def _look_at(eye: np.ndarray) -> np.ndarray:
@@ -226,6 +234,43 @@ def test_visual_hull_of_a_sphere_contains_its_surface_and_little_else():
     assert float(hull.float().mean()) < 2.0 * sphere_fraction
 
 
+def test_hull_signed_distance_of_a_voxel_sphere_is_its_distance():
+    res, radius = 32, 0.6
+    lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+    centres = -1 + (torch.arange(res) + 0.5) * 2 / res
+    p = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), -1)
+    hull = p.norm(dim=-1) < radius
+    signed = hull_signed_distance(hull, lo, hi)
+    near = (p.norm(dim=-1) - radius).abs() < 0.3
+    assert (signed[hull] < 0).all() and (signed[~hull] > 0).all()
+    assert ((signed - (p.norm(dim=-1) - radius))[near].abs() < 2 / res).all()  # within one cell
+
+
+def test_sdf_field_starts_as_its_prior_and_its_gradient_is_the_normal():
+    """With the residual at zero the SDF is its prior (a sphere here); the finite-difference
+    gradient is the outward normal with unit length; the VolSDF density is 1/width deep inside and
+    vanishes outside."""
+    res, radius = 32, 0.5
+    lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+    centres = -1 + (torch.arange(res) + 0.5) * 2 / res
+    p = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), -1)
+    field = NerfWField(lo, hi, 2, n_levels=4, log2_table=12, max_resolution=64, surface="sdf", prior_resolution=res,
+                       surface_width=0.02, min_surface_width=0.01)
+    field.set_sdf_prior(p.norm(dim=-1) - radius)
+    points = torch.nn.functional.normalize(torch.randn(200, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    points = points * (radius + 0.2 * (torch.rand(200, 1) - 0.5))
+    with torch.no_grad():
+        d, _ = field.sdf(points)
+        gradient = field.sdf_gradient(points, 0.02)
+        sigma_in, _ = field.density(torch.zeros(1, 3))
+        sigma_out, _ = field.density(torch.tensor([[0.9, 0.0, 0.0]]))
+    assert torch.allclose(d, points.norm(dim=-1) - radius, atol=0.02)
+    assert (gradient.norm(dim=-1) - 1).abs().max() < 0.05
+    cos = (torch.nn.functional.normalize(gradient, dim=-1) * torch.nn.functional.normalize(points, dim=-1)).sum(-1)
+    assert cos.min() > 0.995
+    assert torch.allclose(sigma_in, 1 / field.surface_width, rtol=1e-4) and sigma_out.item() < 1e-6
+
+
 def test_occupancy_update_empties_cells_the_field_finds_empty():
     lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
     grid = OccupancyGrid(lo, hi, torch.ones(16, 16, 16, dtype=torch.bool))
@@ -272,8 +317,8 @@ def test_checkpoint_resume_and_corrupt_checkpoint(tmp_path):
         return field, grid
 
     ckpt = tmp_path / "train.pt"
-    cfg = TrainConfig(steps=6, target_samples=2048, initial_rays=256, step_size=2 / 64, checkpoint_every=3,
-                      occupancy_warmup=2, occupancy_update_every=2)
+    cfg = geometry_train_config(steps=6, target_samples=2048, initial_rays=256, step_size=2 / 64, checkpoint_every=3,
+                                occupancy_warmup=2, occupancy_update_every=2)
     field, grid = fresh()
     first = train_field(field, grid, cams, pixels, cfg, checkpoint_path=ckpt)
     assert first.steps_done == 6 and first.resumed_from == 0
@@ -318,6 +363,37 @@ def test_checkpoint_resume_and_corrupt_checkpoint(tmp_path):
     assert resumed.resumed_from == 4 and resumed.steps_done == 6
 
 
+def test_a_checkpoint_from_another_device_resumes(tmp_path, caplog):
+    """A run checkpointed on one device resumes on another: weights and optimiser state load onto
+    the new device, the random stream restarts from (seed, step). Simulated on the CPU with the
+    generator state a CUDA run writes (16 bytes: seed and offset), which a CPU generator refuses."""
+    import logging
+
+    images, masks, cams = _tiny_scene(4, 24)
+    lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+    pixels = TrainingPixels.from_photos(images, masks, band_px=2)
+    cfg = geometry_train_config(steps=3, target_samples=2048, initial_rays=256, step_size=2 / 64, checkpoint_every=3)
+    ckpt = tmp_path / "train.pt"
+    train_field(NerfWField(lo, hi, 4, n_levels=4, log2_table=12, max_resolution=64),
+                OccupancyGrid(lo, hi, carve_visual_hull(cams, masks, lo, hi, 16)), cams, pixels, cfg, checkpoint_path=ckpt)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["generator"]["device"] == "cpu"
+    state["generator"] = {"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
+    torch.save(state, ckpt)
+    with pytest.raises(RuntimeError):  # what resuming did before: the CPU generator refuses it
+        torch.Generator().set_state(state["generator"]["state"])
+    # continue as a 5-step run (the key includes `steps`)
+    longer = TrainConfig(**{**cfg.__dict__, "steps": 5})
+    field = NerfWField(lo, hi, 4, n_levels=4, log2_table=12, max_resolution=64)
+    grid = OccupancyGrid(lo, hi, carve_visual_hull(cams, masks, lo, hi, 16))
+    state["config_key"] = config_key(longer, {"field": field.config, "grid": grid.resolution})
+    torch.save(state, ckpt)
+    with caplog.at_level(logging.INFO, logger="neroic"):
+        resumed = train_field(field, grid, cams, pixels, longer, checkpoint_path=ckpt)
+    assert resumed.resumed_from == 3 and resumed.steps_done == 5
+    assert "made on cuda and training resumes on cpu" in caplog.text
+
+
 def _upstream_from_spot(work: Path, capture: Path) -> list[str]:
     """ingest/, masks/ and poses/ folders as the upstream stages publish them, from a Spot capture
     (alpha = mask, known cameras); returns the held-out stems."""
@@ -353,7 +429,7 @@ def _upstream_from_spot(work: Path, capture: Path) -> list[str]:
 def test_geometry_stage_learns_a_small_spot_capture_and_writes_its_outputs(tmp_path):
     import stages.geometry as geometry
     from pipeline.config import defaults
-    from pipeline.context import Sources, StageContext
+    from stages.context import Sources, StageContext
     from stages.field import load_trained_field
     from tests.synthetic.spot_capture import make_spot_capture
 
@@ -398,10 +474,34 @@ def test_camera_refinement_receives_gradients_through_the_field():
     grid = OccupancyGrid(lo, hi, carve_visual_hull(cams, masks, lo, hi, 16))
     field = NerfWField(lo, hi, 4, n_levels=4, log2_table=12, max_resolution=64)
     refinement = CameraRefinement(4, translation_scale=1.0)
-    cfg = TrainConfig(steps=3, target_samples=4096, initial_rays=256, step_size=2 / 64, refine_cameras=True,
-                      camera_lr=1e-2)
+    cfg = geometry_train_config(steps=3, target_samples=4096, initial_rays=256, step_size=2 / 64, refine_cameras=True,
+                                camera_lr=1e-2)
     train_field(field, grid, cams, TrainingPixels.from_photos(images, masks, 2), cfg, refinement=refinement)
     for p in (refinement.rotation, refinement.translation, refinement.log_focal):
         assert p.abs().max() > 1e-4  # moved by Adam: the gradient reached it
     refined = refinement.apply_to(cams)
     assert not torch.allclose(refined.c2w, cams.c2w)
+
+
+def test_masks_are_checked_against_the_other_photos_hull():
+    """A sky patch stuck to one mask is cut, a mask of something else is dropped, a user's mask is
+    kept as it is, and the good masks agree."""
+    from stages.field.mask_agreement import agree_masks, hull_silhouette
+
+    cams = Cameras.from_frames(_ring_frames(12, 48))
+    masks = _sphere_masks(cams, 0.5)
+    lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
+    bad = [m.copy() for m in masks]
+    bad[2][2:8, 2:8] = True  # a patch of background in a corner, touching nothing
+    bad[3][:] = False
+    bad[3][30:46, 0:16] = True  # another object entirely
+    bad[4][2:14, 2:14] = True  # the same patch in a mask the user gave
+    hull = carve_visual_hull(cams, bad, lo, hi, resolution=32, min_misses=1)
+    silhouettes = [hull_silhouette(hull, lo, hi, cams, i) for i in range(len(masks))]
+    editable = [i != 4 for i in range(len(masks))]
+    repaired, verdicts = agree_masks(bad, silhouettes, editable)
+    status = [v.status for v in verdicts]
+    assert status[2] == "repaired" and status[3] == "dropped" and status[4] == "agrees", status
+    assert all(s == "agrees" for i, s in enumerate(status) if i not in (2, 3, 4)), status
+    assert not repaired[2][2:8, 2:8].any() and (repaired[2] & masks[2]).sum() == masks[2].sum()
+    assert np.array_equal(repaired[4], bad[4])

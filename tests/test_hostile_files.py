@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 SENTINEL = {}
 
@@ -22,7 +22,7 @@ class Payload:
 
 
 def test_checkpoint_needing_pickle_is_set_aside(tmp_path):
-    from stages.field.training import load_checkpoint
+    from stages.field.checkpoints import load_checkpoint
 
     path = tmp_path / "train.pt"
     torch.save({"step": 3, "config_key": "k", "payload": Payload()}, path)

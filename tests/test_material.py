@@ -2,15 +2,18 @@
 small decomposition of a synthetic capture (random light per photo, specular, cast shadows) on
 its true geometry, judged on held-out views under new lights."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from pipeline.config import defaults
+from stages.common.settings import from_section
 from stages.common.sh import ambient_sh, read_lighting
-from stages.material.evaluation import evaluate_capture, fit_channel_scale
-from stages.material.ground_truth import density_grid_from_mesh, surface_from_capture
-from stages.material.lighting import PhotoLighting
+from bench.relighting import evaluate_capture, fit_channel_scale
+from bench.ground_truth import density_grid_from_mesh, surface_from_capture
+from stages.material.lighting import PhotoLighting, read_response
 from stages.material.losses import specular_regulariser
 from stages.material.material_field import MaterialField, load_material, save_material
 from stages.common.colour import linear_to_srgb, srgb_to_linear
@@ -116,7 +119,7 @@ def test_decomposition_on_true_geometry_relights_new_views(small_capture, tmp_pa
     density = density_grid_from_mesh(small_capture / "gt" / "mesh.ply", resolution=48)
     field = MaterialField(density.aabb_min.tolist(), density.aabb_max.tolist(), max_resolution=64)
     lights = PhotoLighting(surface.n_photos, ambient_radiance=mean_linear_colour(surface) / 0.5)
-    cfg = MaterialTrainConfig(steps=240, batch_size=4096, light_lr=0.05, checkpoint_every=120)
+    cfg = from_section(MaterialTrainConfig, defaults()["material"], steps=240, batch_size=4096, checkpoint_every=120)
     ckpt = tmp_path / "train.pt"
     first = train_material(field, lights, surface, MaterialTrainConfig(**{**cfg.__dict__, "max_seconds": 1e-9}),
                            density=density, checkpoint_path=ckpt)
@@ -134,8 +137,12 @@ def test_decomposition_on_true_geometry_relights_new_views(small_capture, tmp_pa
     assert metrics.relit_psnr > 25.0 and metrics.albedo_psnr > 20.0 and metrics.sphere_psnr > 22.0, metrics.summary()
     assert np.all(np.asarray(metrics.albedo_scale) > 0)
 
-    # the lights written in the shared format read back exactly
-    lights.save(tmp_path / "lighting.json", stems)
+    # the lights written in the shared format read back exactly, the tone curves beside them
+    lights.save(tmp_path / "lighting.json", tmp_path / "camera_response.json", stems)
     back = read_lighting(tmp_path / "lighting.json")
     assert [fp for fp, _ in back] == stems
     assert np.allclose(np.stack([c for _, c in back]), lights.coeffs.detach().double().numpy(), atol=1e-6)
+    gammas = read_response(tmp_path / "camera_response.json")
+    assert list(gammas) == [Path(s).stem for s in stems]
+    assert abs(np.mean(np.log(list(gammas.values())))) < 1e-4  # mean log-gamma is zero by construction
+    assert all(0.7 < g < 1.4 for g in gammas.values())  # the photos share one tone curve

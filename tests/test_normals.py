@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from stages.normals import sample_grid, sobel_kernels, sobel_normals
+from stages.field.grids import sample_grid
+from stages.normals import sdf_normals, sobel_kernels, sobel_normals
 
 
 def _grid(res, lo=-1.0, hi=1.0):
@@ -33,6 +34,17 @@ def test_sphere_normals_point_outward_on_an_anisotropic_grid():
     cos = (normals[near_surface] * truth).sum(-1).clamp(-1, 1)
     angles = torch.rad2deg(torch.acos(cos))
     assert angles.median() < 3.0 and angles.max() < 10.0, (angles.median(), angles.max())
+
+
+def test_sdf_normals_of_a_sphere_are_radial():
+    res = 48
+    axis = -1 + (torch.arange(res) + 0.5) * 2 / res
+    p = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
+    r = p.norm(dim=-1)
+    normals = sdf_normals(r - 0.5, torch.full((3,), 2 / res))
+    near = (r - 0.5).abs() < 0.1
+    cos = (normals[near] * p[near] / r[near, None]).sum(-1).clamp(-1, 1)
+    assert torch.rad2deg(torch.acos(cos)).max() < 1.0
 
 
 def test_sample_grid_matches_values_at_cell_centres_and_axis_order():

@@ -43,7 +43,14 @@ def test_run_writes_a_valid_glb_and_a_report(finished):
     for stage in ("ingest", "masks", "poses", "geometry", "normals", "material", "export"):
         assert (work / stage / "manifest.json").exists(), stage
     assert len(json.loads((work / "material" / "lighting.json").read_text())) >= 10
-    assert "data:image/jpeg;base64" in (work / "report.html").read_text()
+    report = (work / "report.html").read_text()
+    assert "data:image/jpeg;base64" in report
+    # the per-photo table: every photo's row, with its role, mask and learned light
+    assert "<h2>Photos</h2>" in report and report.count("<tr") >= 7 + 18
+    for column in ("camera", "mask", "role", "light", "exposure", "gamma"):
+        assert f"<th>{column}</th>" in report, column
+    assert (work / "geometry" / "transient.png").exists() and len(list((work / "material" / "spheres").iterdir())) >= 10
+    assert export["atlas"]["photo_albedo_share"] > 0.5  # the texture comes mostly from the photos
     assert "wrote" in stdout
 
 

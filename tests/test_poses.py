@@ -14,8 +14,8 @@ import trimesh
 from PIL import Image
 
 from pipeline.config import defaults
-from pipeline.context import Sources, StageContext
-from pipeline.errors import NeroicError
+from stages.context import Sources, StageContext
+from stages.errors import NeroicError
 from stages.common.cameras import Frame, project, read_transforms, similarity_from_points, transform_c2w
 from stages.poses import database, learned
 from stages.poses.camera_groups import camera_groups
@@ -29,6 +29,7 @@ from stages.poses.normalize import (
 )
 from stages.poses.photos import PhotoInput
 from tests.conftest import shared
+from tests.synthetic.spot_capture import SPOT_DIR
 from tests.test_cameras import look_at_c2w, random_rotation
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +97,7 @@ def textured_spot_dir(folder: Path) -> Path:
     """Spot's mesh with its albedo modulated by multi-scale noise. The plain albedo (flat colour
     patches) gives SIFT ~90 features per view and no model at 256 or 512 px; texture is what SfM
     needs, and the test is about the poses, not about SIFT on a featureless object."""
-    spot = shared("spot")
+    spot = SPOT_DIR
     folder.mkdir()
     (folder / "spot_triangulated.obj").symlink_to(spot / "spot_triangulated.obj")
     albedo = np.asarray(Image.open(spot / "spot_texture.png").convert("RGB"), dtype=np.float32) / 255

@@ -185,3 +185,19 @@ def test_lit_sphere():
     camera_on_x = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # columns: its x, y, z axes
     seen, _ = render_lit_sphere(light, 32, rotation=camera_on_x)
     assert seen[16, 16].mean() > 2.0 * image[16, 16].mean()
+
+
+def test_rotating_a_light_turns_its_dominant_direction():
+    from stages.common.sh import rotate_sh, sh_dominant_direction, sh_radiance
+
+    rng = np.random.default_rng(1)
+    light = random_sh_light(rng)
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    turned = rotate_sh(light, rotation)
+    assert np.allclose(sh_dominant_direction(turned), rotation @ sh_dominant_direction(light), atol=1e-6)
+    d = torch.from_numpy(rng.normal(size=(20, 3)))
+    d = d / d.norm(dim=-1, keepdim=True)
+    before = sh_radiance(torch.from_numpy(light), d)
+    after = sh_radiance(torch.from_numpy(turned), d @ torch.from_numpy(rotation).T)
+    assert torch.allclose(before, after, atol=1e-9)

@@ -1,4 +1,7 @@
-"""Camera conventions every stage shares, and reading/writing transforms.json (numpy only).
+"""Camera conventions every stage shares, the lens model, and reading/writing transforms.json.
+
+The distortion functions use arithmetic only, so numpy arrays and torch tensors both go through
+them (stages.field.rays forms the training rays with the same code the exporters use).
 
 Frames and axes
 - World: the pipeline's normalised world is right-handed, +Y up (glTF), object at the origin.
@@ -20,7 +23,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 # Flips the camera's Y and Z axes: OpenCV camera axes <-> OpenGL camera axes (its own inverse).
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])
@@ -66,6 +69,14 @@ class Frame:
         return replace(self, fl_x=self.fl_x * sx, fl_y=self.fl_y * sy, cx=self.cx * sx, cy=self.cy * sy,
                        w=int(width), h=int(height))
 
+    def shrunk(self, max_size: int) -> "Frame":
+        """The same camera for the image shrunk so its longer side is at most max_size pixels
+        (unchanged when already smaller, or max_size is 0)."""
+        if not max_size or max(self.w, self.h) <= max_size:
+            return self
+        scale = max_size / max(self.w, self.h)
+        return self.scaled(max(1, round(self.w * scale)), max(1, round(self.h * scale)))
+
 
 def c2w_from_w2c(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """COLMAP/OpenCV world-to-camera (R [3, 3], t [3]) -> OpenGL camera-to-world [4, 4]."""
@@ -96,13 +107,50 @@ def transform_c2w(world_from_old: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     return out
 
 
-def distort(xy: np.ndarray, k1: float, k2: float, p1: float, p2: float) -> np.ndarray:
-    """OpenCV radial-tangential distortion of normalised camera coordinates xy [N, 2]."""
-    x, y = xy[:, 0], xy[:, 1]
+def distort(x, y, k1, k2, p1, p2):
+    """OpenCV radial-tangential distortion of normalised camera coordinates x, y (arrays or
+    tensors of one shape; the coefficients scalars or of that shape) -> (xd, yd)."""
     r2 = x * x + y * y
-    radial = 1.0 + k1 * r2 + k2 * r2 * r2
-    return np.stack([x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
-                     y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y], axis=1)
+    radial = 1 + r2 * (k1 + r2 * k2)
+    return (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+            y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
+
+
+def undistort(xd, yd, k1, k2, p1, p2, iterations: int = 10):
+    """Invert `distort` by fixed-point iteration (exact when the coefficients are zero)."""
+    x, y = xd, yd
+    for _ in range(iterations):
+        r2 = x * x + y * y
+        radial = 1 + r2 * (k1 + r2 * k2)
+        x, y = ((xd - (2 * p1 * x * y + p2 * (r2 + 2 * x * x))) / radial,
+                (yd - (p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)) / radial)
+    return x, y
+
+
+def orbit_frames(n: int, template: Frame, distance: float, centre=(0.0, 0.0, 0.0), elevation_deg: float = 20.0,
+                 stem: str = "orbit") -> list[Frame]:
+    """n cameras evenly around the +Y axis through `centre`, looking at it from `distance` at the
+    given elevation, with the template's intrinsics and size. Frame k sits at azimuth 360 k / n
+    degrees, starting on +Z; its stem is f"{stem}_{k:03d}"."""
+    centre = np.asarray(centre, dtype=np.float64)
+    el = math.radians(elevation_deg)
+    frames = []
+    for k in range(n):
+        az = 2.0 * math.pi * k / n
+        back = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])  # camera +Z
+        right = np.cross([0.0, 1.0, 0.0], back)
+        right /= np.linalg.norm(right)
+        c2w = np.eye(4)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, np.cross(back, right), back, centre + distance * back
+        frames.append(replace(template, stem=f"{stem}_{k:03d}", c2w=c2w, file_path=f"{stem}_{k:03d}.png",
+                              mask_path=None))
+    return frames
+
+
+def square_frame(size: int, fov_deg: float) -> Frame:
+    """A pinhole camera of size x size pixels and the given field of view, at the origin."""
+    focal = 0.5 * size / math.tan(math.radians(fov_deg) / 2.0)
+    return Frame(stem="camera", c2w=np.eye(4), fl_x=focal, fl_y=focal, cx=size / 2.0, cy=size / 2.0, w=size, h=size)
 
 
 def project(points_world: np.ndarray, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
@@ -113,8 +161,8 @@ def project(points_world: np.ndarray, frame: Frame) -> tuple[np.ndarray, np.ndar
     depth = cam[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
         xy = cam[:, :2] / depth[:, None]
-    xy = distort(xy, frame.k1, frame.k2, frame.p1, frame.p2)
-    return xy @ frame.K[:2, :2].T + frame.K[:2, 2], depth
+    x, y = distort(xy[:, 0], xy[:, 1], frame.k1, frame.k2, frame.p1, frame.p2)
+    return np.stack([x * frame.fl_x + frame.cx, y * frame.fl_y + frame.cy], axis=1), depth
 
 
 def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

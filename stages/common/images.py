@@ -7,6 +7,7 @@ decompression bomb is refused before it is decoded).
 """
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own bomb guard is replaced by the explicit pixel limit passed to load_photo.
 Image.MAX_IMAGE_PIXELS = None
+try:  # iPhone photos: HEIC/HEIF through libheif
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - pillow-heif is a dependency; without it HEIC is "not an image"
+    pass
 
 
 class UnreadableImage(Exception):
@@ -38,6 +45,23 @@ def _exif_dict(img: Image.Image) -> dict:
     except Exception:  # malformed EXIF must not make a good photo unusable
         return {}
     return {ExifTags.TAGS.get(k, str(k)): v for k, v in merged.items()}
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """Colours converted from the photo's embedded ICC profile (Display P3 on iPhones, Adobe RGB,
+    a CMYK press profile) to sRGB, which every later stage assumes; unchanged without a profile
+    (or with one that cannot be read)."""
+    from PIL import ImageCms
+
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
+        return img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
+        return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode=out_mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img
 
 
 def _to_8bit_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -70,11 +94,12 @@ def load_photo(path: Path, max_pixels: int) -> Photo:
             exif = _exif_dict(img)
             img.load()
             img = ImageOps.exif_transpose(img)
+            img = _to_srgb(img)
             rgb, alpha = _to_8bit_channels(img)
     except UnreadableImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise UnreadableImage("not an image format neroic reads (JPEG or PNG)") from None
+        raise UnreadableImage("not an image format neroic reads (JPEG, PNG, HEIC, TIFF, WebP)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImage(f"corrupt or truncated image ({e})") from None
     if rgb.shape[0] < 16 or rgb.shape[1] < 16:
@@ -100,7 +125,39 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 
 def resize(array: np.ndarray, size: tuple[int, int], resample=Image.Resampling.LANCZOS) -> np.ndarray:
-    """Resize an [H, W(, C)] uint8 array to (width, height)."""
+    """Resize an [H, W(, C)] uint8 array to (width, height); a bool mask stays a bool mask (area
+    coverage >= 1/2); float data (normals, depths) is sampled at the nearest pixel, never blended."""
     if (array.shape[1], array.shape[0]) == tuple(size):
         return array
+    if array.dtype.kind == "f":
+        rows = ((np.arange(size[1]) + 0.5) * array.shape[0] / size[1]).astype(np.int64)
+        cols = ((np.arange(size[0]) + 0.5) * array.shape[1] / size[0]).astype(np.int64)
+        return array[rows[:, None], cols[None, :]]
+    if array.dtype == bool:
+        return resize(array.astype(np.uint8) * 255, size, Image.Resampling.BOX) >= 128
     return np.asarray(Image.fromarray(array).resize(size, resample))
+
+
+def shrink_view(frame, max_size: int, *images: np.ndarray) -> tuple:
+    """(frame.shrunk(max_size), each image [H, W(, C)] (uint8 or bool) resized to match): one
+    photo's view at a working size."""
+    small = frame.shrunk(max_size)
+    return (small, *(resize(image, (small.w, small.h)) for image in images))
+
+
+def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of image [H, W, C] at glTF UVs [N, 2] (v down, texel centres at +0.5),
+    clamped at the border -> [N, C] float64 in the image's own units."""
+    h, w = image.shape[:2]
+    x = np.clip(uv[:, 0] * w - 0.5, 0.0, w - 1.0)
+    y = np.clip(uv[:, 1] * h - 0.5, 0.0, h - 1.0)
+    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2)
+    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+
+    def at(rows, cols):  # gather first: converting the whole image per call would cost more
+        return image[rows, cols].astype(np.float64)
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
+    bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
+    return top * (1 - fy) + bottom * fy

@@ -183,6 +183,16 @@ def fibonacci_sphere(n: int) -> np.ndarray:
     return np.stack([r * np.cos(phi), y, r * np.sin(phi)], axis=-1)
 
 
+def rotate_sh(coeffs: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """The light [9, 3] turned by a rotation [3, 3] (world directions d -> R d): L'(d) = L(R^T d).
+    Rotations keep each band, so a least-squares refit on many directions is exact."""
+    dirs = fibonacci_sphere(512)
+    turned = dirs @ np.asarray(rotation, dtype=np.float64)  # rows: R^T d
+    basis = sh_basis(torch.from_numpy(dirs)).numpy()
+    radiance = sh_basis(torch.from_numpy(turned)).numpy() @ np.asarray(coeffs, dtype=np.float64)
+    return np.linalg.lstsq(basis, radiance, rcond=None)[0]
+
+
 def sh_dominant_direction(coeffs: np.ndarray) -> np.ndarray:
     """Unit direction [3] where the light's order-1 (linear) part is brightest, by luminance.
 

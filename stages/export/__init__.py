@@ -1,21 +1,26 @@
 """Stage 7, export: the trained fields -> a textured, relightable mesh any viewer opens (GLB).
 
-Inputs   geometry/ (the trained density field, occupancy grid with the masks' visual hull, refined
-         cameras.json whose mask_path entries lead to the masks), material/ (material.pt +
+Inputs   ingest/ (the photos), geometry/ (the trained field, occupancy grid with the masks' visual
+         hull, refined cameras.json whose mask_path entries lead to the masks), material/ (material.pt +
          material.json: albedo, specular, glossiness, refined normal at any point;
          lighting.json: the learned per-photo SH lights), poses/normalization.json (the frame).
-Method   1. density of the field on a lattice of `resolution`^3 nodes over the occupied box;
-         2. the threshold (`threshold`, or chosen automatically when 0: the one whose
-            marching-cubes mesh best matches the masks' silhouettes);
-         3. floaters removed (solid regions smaller than `min_component_fraction` of the largest,
-            or centred outside the visual hull), the inside no photo saw into filled
-            (depth maps of the density at `visibility_opacity`), thin tunnels and bridges
-            removed (`morphology_nodes`), marching cubes, small surface pieces dropped,
-            Taubin smoothing (`taubin_iterations`), quadric decimation to `face_budget` faces;
-         4. UV atlas (xatlas) for a `texture_size`^2 texture, `padding_px` texels between charts;
-         5. every texel's surface point -> the material field -> base colour (albedo, sRGB),
-            metallic-roughness (roughness from glossiness, see bake.roughness_from_glossiness;
-            metallic 0), tangent-space normal map of the refined normals; islands dilated;
+Method   1. the geometry field on a lattice of `resolution`^3 nodes over the occupied box: its
+            signed distance (an SDF field) or its density;
+         2. the surface: an SDF's zero level; a density's level `threshold` (or, when 0, the one
+            whose marching-cubes mesh best matches the masks' silhouettes);
+         3. clean-up: solid pieces smaller than `min_component_fraction` of the largest, or
+            centred outside the visual hull, dropped; for a density also the inside no photo saw
+            into filled (depth maps at `visibility_opacity`) and thin tunnels and bridges removed
+            (`morphology_nodes`); marching cubes, small surface pieces dropped, Taubin smoothing
+            (`taubin_iterations`), quadric decimation to `face_budget` faces;
+         4. UV atlas (xatlas) for a `texture_size`^2 texture (0: texels about the photos' pixel
+            footprint on the surface, up to `max_texture_size`), `padding_px` texels between charts;
+         5. every texel's surface point -> the material field -> roughness (from glossiness, see
+            bake.roughness_from_glossiness; metallic 0) and a tangent-space normal map of the
+            refined normals; base colour = the albedo read from the training photos that see the
+            point, each de-lit by its learned light (specular and cast shadows included) and fused
+            robustly (photo_texture.py), blended into the material field's albedo where few
+            photos see it (`photo_texture`); islands dilated;
          6. GLB written in the pipeline's world frame unchanged (with COLMAP poses that frame is
             already centred, radius 1, +Y up; with imported poses it is the user's own frame);
          7. checks: Khronos glTF validator (0 errors required), silhouette IoU against the masks,
@@ -33,7 +38,8 @@ Outputs  export/model.glb        glTF 2.0 binary: POSITION, NORMAL, TANGENT, TEX
          export/export.json      threshold table, IoU per photo, mesh/atlas statistics, validator
                                  report counts, timings
 Config   [export] resolution 256      lattice nodes per axis for marching cubes
-         threshold 0.0                density iso-level (per world unit); 0 = choose by silhouette IoU
+         threshold 0.0                density iso-level (per world unit; density fields only); 0 = choose
+                                      by silhouette IoU
          face_budget 80000            at most this many triangles after decimation
          taubin_iterations 5          Taubin smoothing passes (0: none)
          min_component_fraction 0.05  keep extra solid parts at least this fraction of the largest
@@ -42,7 +48,8 @@ Config   [export] resolution 256      lattice nodes per axis for marching cubes
          visibility_size 96           longer side (pixels) of the depth maps used for that
          morphology_nodes 1           close then open the solid by this many lattice nodes: removes
                                       the noise tunnels and bridges that fragment the UV atlas
-         texture_size 1024            texture width = height in pixels (power of two)
+         texture_size 0, max_texture_size 2048 [quality 4096]   texture side (0: from the photos)
+         photo_texture true           albedo from the de-lit photos where they see the surface
          padding_px 4                 texels between atlas charts
          normal_map true              bake and embed the tangent-space normal map
          write_obj false, write_ply false  also write OBJ/MTL (+ PNGs) and PLY
@@ -64,8 +71,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.context import StageContext
+from stages.errors import NeroicError
 
 
 def _material_function(material_dir: Path, device: str):
@@ -81,28 +88,72 @@ def _material_function(material_dir: Path, device: str):
         with torch.no_grad():
             p = torch.as_tensor(positions, dtype=torch.float32, device=device)
             n = torch.as_tensor(normals, dtype=torch.float32, device=device)
-            albedo, _specular, glossiness, refined = field.query(p, n)
-        return {"albedo": albedo.cpu().double().numpy(),
-                "roughness": roughness_from_glossiness(glossiness.cpu().double().numpy()),
-                "normal": refined.cpu().double().numpy()}
+            albedo, specular, glossiness, refined = field.query(p, n)
+        glossiness = glossiness.cpu().double().numpy()
+        return {"albedo": albedo.cpu().double().numpy(), "roughness": roughness_from_glossiness(glossiness),
+                "normal": refined.cpu().double().numpy(), "specular": specular.cpu().double().numpy(),
+                "glossiness": glossiness}
 
     return material_fn
 
 
-def _density_function(trained, device: str):
+def _density_function(trained):
     """Field density (per world unit) at points [N, 3] world -> [N]; 0 where the occupancy grid is empty."""
     import torch
 
-    def density_fn(points: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            p = torch.as_tensor(points, dtype=torch.float32, device=device)
-            out = torch.zeros(p.shape[0], device=device)
-            keep = trained.grid.lookup(p)
-            if keep.any():
-                out[keep] = trained.field.density(p[keep])[0]
-        return out.cpu().numpy()
+    def density_fn(points: torch.Tensor) -> torch.Tensor:
+        keep = trained.grid.lookup(points)
+        return torch.where(keep, trained.field.density(points)[0], 0.0)
 
     return density_fn
+
+
+def _mesh_of_density(density, lo, hi, frames, masks, inside_hull, cfg, ctx, lap):
+    """A density field's mesh: the threshold (given, or chosen by silhouette IoU against the masks),
+    the inside no photo saw filled, clean-up -> (mesh, threshold, threshold table, stats)."""
+    from stages.export.mesh import mesh_from_density
+    from stages.export.silhouette import choose_threshold
+    from stages.export.visibility import depth_maps, hidden_from_cameras
+
+    lap("density")
+    depths = depth_maps(density, lo, hi, frames, int(cfg["visibility_size"]), float(cfg["visibility_opacity"]))
+    hidden = hidden_from_cameras(density, lo, hi, depths)
+    lap("visibility")
+    threshold_table: list = []
+    threshold = float(cfg["threshold"])
+    if threshold <= 0.0:
+        try:
+            threshold, threshold_table = choose_threshold(density, lo, hi, frames, masks, inside_hull=inside_hull,
+                                                          hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
+        except ValueError as e:
+            raise NeroicError(f"cannot find a surface in the density field: {e}",
+                              hint="the geometry stage did not converge; check its held-out renders") from None
+        ctx.log.info("export: density threshold %.3g chosen by silhouette IoU", threshold)
+    lap("threshold")
+    try:
+        mesh, stats = mesh_from_density(density, lo, hi, threshold, inside_hull, int(cfg["face_budget"]),
+                                        int(cfg["taubin_iterations"]), float(cfg["min_component_fraction"]),
+                                        hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
+    except ValueError as e:
+        raise NeroicError(f"no surface at density threshold {threshold:g}: {e}",
+                          hint="lower [export] threshold, or set it to 0 to choose it automatically") from None
+    return mesh, threshold, threshold_table, stats
+
+
+def _photo_views(ctx: StageContext, trained, masks: list[np.ndarray], material_dir: Path) -> list:
+    """The training photos with their cameras, masks and learned lights, for reading the albedo."""
+    from stages.common.cameras import frame_stem
+    from stages.common.inputs import PhotoSet
+    from stages.common.sh import read_lighting
+    from stages.export.photo_texture import PhotoView
+    from stages.material.lighting import read_response
+
+    photos = PhotoSet.load(ctx.input("ingest"))
+    lights = {frame_stem(fp): coeffs for fp, coeffs in read_lighting(material_dir / "lighting.json") if fp}
+    gammas = read_response(material_dir / "camera_response.json")
+    return [PhotoView(frame, photos.rgb(frame.stem, (frame.w, frame.h)), mask, lights[frame.stem],
+                      gammas.get(frame.stem, 1.0))
+            for frame, mask in zip(trained.frames, masks) if frame.stem in lights and frame.stem in photos]
 
 
 def _hull_function(grid):
@@ -138,12 +189,14 @@ def run(ctx: StageContext) -> dict:
     from stages.common.sheets import contact_sheet
     from stages.export.bake import bake_textures, tangent_frames, to_uint8
     from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
-    from stages.export.mesh import mesh_from_density, sample_density
-    from stages.export.preview import render_mesh_sh, turntable_frames
-    from stages.export.silhouette import choose_threshold, silhouette_iou
+    from stages.export.mesh import mesh_from_sdf
+    from stages.export.photo_texture import PhotoAlbedo, texture_size_for
+    from stages.field.grids import evaluate_on_grid
+    from stages.common.cameras import orbit_frames, square_frame
+    from stages.export.preview import render_mesh_sh
+    from stages.export.silhouette import silhouette_iou
     from stages.export.uv_atlas import unwrap
     from stages.export.validate import ToolMissing, screenshot_glb, validate_gltf
-    from stages.export.visibility import depth_maps, hidden_from_cameras
     from stages.field.trained import frame_masks, load_trained_field
 
     cfg = ctx.config
@@ -164,43 +217,33 @@ def run(ctx: StageContext) -> dict:
         raise NeroicError("the geometry stage's occupancy grid is empty: there is no object to export",
                           hint="check the masks and poses, then rerun the geometry stage")
     res = int(cfg["resolution"])
-    density = sample_density(_density_function(trained, ctx.device), lo, hi, res,
-                             progress=lambda it, total: ctx.progress(it, total=total, desc="density", unit="slab"))
-    lap("density")
-
     frames = trained.frames
     masks = frame_masks(geometry_dir, frames)
     inside_hull = _hull_function(trained.grid)
-    depths = depth_maps(density, lo, hi, frames, int(cfg["visibility_size"]), float(cfg["visibility_opacity"]))
-    hidden = hidden_from_cameras(density, lo, hi, depths)
-    lap("visibility")
+    box = trained.grid.aabb_min.new_tensor(lo), trained.grid.aabb_min.new_tensor(hi)
+    progress = lambda it, total: ctx.progress(it, total=total, desc="sampling the field", unit="slab")  # noqa: E731
     threshold_table: list = []
-    threshold = float(cfg["threshold"])
-    if threshold <= 0.0:
-        try:
-            threshold, threshold_table = choose_threshold(density, lo, hi, frames, masks, inside_hull=inside_hull,
-                                                          hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
-        except ValueError as e:
-            raise NeroicError(f"cannot find a surface in the density field: {e}",
-                              hint="the geometry stage did not converge; check its held-out renders") from None
-        ctx.log.info("export: density threshold %.3g chosen by silhouette IoU", threshold)
-    lap("threshold")
-    try:
-        mesh, mesh_stats = mesh_from_density(density, lo, hi, threshold, inside_hull, int(cfg["face_budget"]),
-                                             int(cfg["taubin_iterations"]), float(cfg["min_component_fraction"]),
-                                             hidden=hidden, morphology_nodes=int(cfg["morphology_nodes"]))
-    except ValueError as e:
-        raise NeroicError(f"no surface at density threshold {threshold:g}: {e}",
-                          hint="lower [export] threshold, or set it to 0 to choose it automatically") from None
-    del density, hidden
+    if trained.field.is_sdf:
+        sdf = evaluate_on_grid(lambda p: trained.field.sdf(p)[0], *box, res, nodes=True, progress=progress).cpu().numpy()
+        lap("density")
+        threshold = 0.0
+        mesh, mesh_stats = mesh_from_sdf(sdf, lo, hi, inside_hull, int(cfg["face_budget"]),
+                                         int(cfg["taubin_iterations"]), float(cfg["min_component_fraction"]))
+        del sdf
+    else:
+        mesh, threshold, threshold_table, mesh_stats = _mesh_of_density(
+            evaluate_on_grid(_density_function(trained), *box, res, nodes=True, progress=progress).cpu().numpy(),
+            lo, hi, frames, masks, inside_hull, cfg, ctx, lap)
     iou = silhouette_iou(mesh, frames, masks)
     lap("mesh")
 
-    size = int(cfg["texture_size"])
+    size = int(cfg["texture_size"]) or texture_size_for(mesh, frames, largest=int(cfg["max_texture_size"]))
     atlas = unwrap(mesh, size, int(cfg["padding_px"]))
     lap("uv_atlas")
-    tangent = tangent_frames(atlas, mesh.vertex_normals()[atlas.source_vertex])
+    tangent = tangent_frames(atlas, mesh.vertex_normals[atlas.source_vertex])
+    photos = _photo_views(ctx, trained, masks, material_dir) if cfg["photo_texture"] else None
     textures = bake_textures(atlas, tangent, _material_function(material_dir, ctx.device), size,
+                             PhotoAlbedo(mesh, photos) if photos else None,
                              progress=lambda it, total: ctx.progress(it, total=total, desc="baking", unit="chunk"))
     (out / "textures").mkdir()
     write_png(out / "textures" / "base_colour.png", textures.base_colour)
@@ -248,8 +291,8 @@ def run(ctx: StageContext) -> dict:
         model = read_glb(glb_path)
         radius = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
         tiles = []
-        for k, frame in enumerate(turntable_frames(n_turn, int(cfg["turntable_size"]), 40.0, 3.0 * radius,
-                                                   20.0, centre)):
+        for k, frame in enumerate(orbit_frames(n_turn, square_frame(int(cfg["turntable_size"]), 40.0), 3.0 * radius,
+                                               centre, stem="turntable")):
             rgb, alpha = render_mesh_sh(model, frame, mean_light)
             write_png(out / "turntable" / f"{k:03d}.png", np.dstack([to_uint8(linear_to_srgb(rgb)), to_uint8(alpha)]))
             tiles.append(to_uint8(linear_to_srgb(rgb) * alpha[..., None] + 0.25 * (1.0 - alpha[..., None])))
@@ -272,7 +315,8 @@ def run(ctx: StageContext) -> dict:
         "threshold": threshold, "threshold_table": threshold_table,
         "silhouette_iou_mean": float(iou.mean()), "silhouette_iou": {f.stem: round(float(x), 4) for f, x in zip(frames, iou)},
         "mesh": mesh_stats, "atlas": {"vertices": int(len(atlas.vertices)), "utilization": atlas.utilization,
-                                      "texture_size": size, "texel_coverage": float(textures.coverage.mean())},
+                                      "texture_size": size, "texel_coverage": float(textures.coverage.mean()),
+                                      "photo_albedo_share": float(textures.photo_confidence[textures.coverage].mean())},
         "glb_bytes": glb_size, "validator": report, "timings_s": timings, "torch_threads": torch.get_num_threads(),
     }
     (out / "export.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

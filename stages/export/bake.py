@@ -8,8 +8,8 @@
     textures.normal [H, W, 3] uint8 tangent-space normals, (n + 1) / 2
 
 `material_fn(positions [N, 3] world, normals [N, 3] world unit) -> dict(albedo=[N, 3] linear RGB
-in [0, 1], roughness=[N] in [0, 1], normal=[N, 3] world unit)` is any callable; the export stage
-wraps the material stage's field in one. Texels no triangle covers take the value of the nearest
+in [0, 1], roughness=[N] in [0, 1], normal=[N, 3] world unit, specular=[N], glossiness=[N])` is
+any callable; the export stage wraps the material stage's field in one. Texels no triangle covers take the value of the nearest
 covered texel (island dilation), so bilinear filtering and mip-maps never mix in background.
 
 Tangent frames follow what glTF viewers do with a TANGENT attribute: the shader interpolates the
@@ -158,27 +158,32 @@ def dilate(values: np.ndarray, covered: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Textures:
-    """Baked images, all [size, size, 3] uint8, row 0 = top (v = 0); coverage [size, size] bool."""
+    """Baked images, all [size, size, 3] uint8, row 0 = top (v = 0); coverage [size, size] bool;
+    photo_confidence [size, size] in [0, 1]: how much of each texel's albedo came from the photos."""
 
     base_colour: np.ndarray
     metallic_roughness: np.ndarray
     normal: np.ndarray
     coverage: np.ndarray
+    photo_confidence: np.ndarray
 
 
 def bake_textures(atlas: UVMesh, frames: TangentFrames, material_fn: MaterialFn, size: int,
-                  chunk: int = 1 << 16, progress: Callable = lambda it, total: it) -> Textures:
+                  photos=None, chunk: int = 1 << 16, progress: Callable = lambda it, total: it) -> Textures:
     """Query material_fn at the surface point behind every covered texel and fill the three maps.
 
     The surface normal passed to material_fn is the interpolated (smooth) vertex normal; the
-    material's own refined normal goes into the normal map. Queries go `chunk` texels at a time;
-    `progress` wraps the chunk iterator and gets (iterable, total).
+    material's own refined normal goes into the normal map. With `photos` (a
+    photo_texture.PhotoAlbedo), the albedo is the photos' de-lit estimate where they see the
+    texel, blended into the material's by their confidence. Queries go `chunk` texels at a
+    time; `progress` wraps the chunk iterator and gets (iterable, total).
     """
     raster = rasterize_uv(atlas, size)
     idx = np.flatnonzero(raster.covered.ravel())
     face = raster.face.ravel()[idx]
     bary = raster.bary.reshape(-1, 3)[idx]
     albedo = np.zeros((size * size, 3))
+    confidence = np.zeros(size * size)
     roughness = np.zeros(size * size)
     normal_ts = np.zeros((size * size, 3))
     bitangents = np.cross(frames.normals, frames.tangents[:, :3]) * frames.tangents[:, 3:]
@@ -191,7 +196,10 @@ def bake_textures(atlas: UVMesh, frames: TangentFrames, material_fn: MaterialFn,
         b = _unit(_interpolate(bitangents, atlas.faces, f, w))
         out = material_fn(pos, n)
         texels = idx[sl]
-        albedo[texels] = np.asarray(out["albedo"], dtype=np.float64).reshape(-1, 3)
+        albedo[texels] = out["albedo"]
+        if photos is not None:
+            seen, confidence[texels] = photos.estimate(pos, n, out["normal"], out["specular"], out["glossiness"])
+            albedo[texels] += confidence[texels, None] * (seen - albedo[texels])
         roughness[texels] = np.asarray(out["roughness"], dtype=np.float64).reshape(-1)
         normal_ts[texels] = world_to_tangent(_unit(np.asarray(out["normal"], dtype=np.float64).reshape(-1, 3)), n, t, b)
     normal_ts[~raster.covered.ravel()] = (0.0, 0.0, 1.0)
@@ -199,19 +207,5 @@ def bake_textures(atlas: UVMesh, frames: TangentFrames, material_fn: MaterialFn,
     rgb = to_uint8(linear_to_srgb(albedo.reshape(size, size, 3)))
     mr = np.stack([np.ones(size * size), roughness, np.zeros(size * size)], axis=1).reshape(size, size, 3)
     nrm = to_uint8((normal_ts.reshape(size, size, 3) + 1.0) / 2.0)
-    return Textures(dilate(rgb, covered), dilate(to_uint8(mr), covered), dilate(nrm, covered), covered)
-
-
-def sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of image [H, W, C] at glTF UVs [N, 2] (v down, texel centres at +0.5),
-    clamped at the border -> [N, C] float64 in the image's own units."""
-    h, w = image.shape[:2]
-    x = np.clip(uv[:, 0] * w - 0.5, 0.0, w - 1.0)
-    y = np.clip(uv[:, 1] * h - 0.5, 0.0, h - 1.0)
-    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2)
-    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    img = image.astype(np.float64)
-    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
-    bottom = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
+    return Textures(dilate(rgb, covered), dilate(to_uint8(mr), covered), dilate(nrm, covered), covered,
+                    confidence.reshape(size, size))

@@ -1,11 +1,14 @@
-"""A clean triangle mesh from a density field: sample, clean the volume, marching cubes, decimate.
+"""A clean triangle mesh (trimesh.Trimesh) from the geometry field: marching cubes, clean-up, decimation.
 
-    density = sample_density(density_fn, aabb_min, aabb_max, resolution=256)   # [R, R, R]
-    mesh = mesh_from_density(density, aabb_min, aabb_max, threshold=25.0,
-                             inside_hull=hull_fn, face_budget=80_000, taubin_iterations=5)
+    sdf = evaluate_on_grid(sdf_fn, aabb_min, aabb_max, 256, nodes=True)           # stages.field.grids
+    mesh, stats = mesh_from_sdf(sdf, aabb_min, aabb_max, inside_hull=hull_fn)    # an SDF field
+    mesh, stats = mesh_from_density(density, aabb_min, aabb_max, threshold=25.0,  # a density field
+                                    inside_hull=hull_fn, face_budget=80_000, taubin_iterations=5)
     mesh.vertices [V, 3] world, mesh.faces [F, 3] int, counter-clockwise seen from outside
 
-The density grid holds samples at the nodes of a regular lattice spanning the box exactly
+An SDF's zero level is the surface and its inside is solid, so only stray pieces are dropped.
+
+For a density field there is more to do. The density grid holds samples at the nodes of a regular lattice spanning the box exactly
 (node (i, j, k) at aabb_min + (i, j, k) * (aabb_max - aabb_min) / (R - 1), axis 0 = x).
 Cleaning happens in the volume, before marching cubes, because there it is exact and cheap:
 connected solid regions (26-connected voxels above the threshold) that are small or outside the
@@ -16,54 +19,15 @@ porous shell are sealed. Marching cubes on a zero-padded grid then yields a clos
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
-
-
-@dataclass
-class Mesh:
-    """Triangle mesh: vertices [V, 3] float64 world, faces [F, 3] int64 (CCW from outside)."""
-
-    vertices: np.ndarray
-    faces: np.ndarray
-
-    def vertex_normals(self) -> np.ndarray:
-        """Area-weighted unit vertex normals [V, 3] (outward for a CCW mesh)."""
-        tri = self.vertices[self.faces]
-        face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 * area
-        normals = np.zeros_like(self.vertices)
-        for k in range(3):
-            np.add.at(normals, self.faces[:, k], face_n)
-        return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-20)
-
-    def area(self) -> float:
-        tri = self.vertices[self.faces]
-        return float(0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
+import trimesh
 
 
 def lattice_points(aabb_min, aabb_max, resolution: int) -> list[np.ndarray]:
     """The node coordinates along x, y, z: three arrays [R] spanning the box ends inclusive."""
     lo, hi = np.asarray(aabb_min, dtype=np.float64), np.asarray(aabb_max, dtype=np.float64)
     return [np.linspace(lo[a], hi[a], resolution) for a in range(3)]
-
-
-def sample_density(density_fn: Callable[[np.ndarray], np.ndarray], aabb_min, aabb_max, resolution: int,
-                   chunk: int = 1 << 18, progress: Callable = lambda it, total: it) -> np.ndarray:
-    """Evaluate density_fn (points [N, 3] world -> sigma [N]) at every lattice node -> [R, R, R] float32.
-
-    Evaluated one x-slab at a time so memory stays at about `chunk` points; `progress` wraps the
-    slab iterator (e.g. a progress bar) and gets (iterable, total).
-    """
-    xs, ys, zs = lattice_points(aabb_min, aabb_max, resolution)
-    yz = np.stack(np.meshgrid(ys, zs, indexing="ij"), axis=-1).reshape(-1, 2)
-    out = np.empty((resolution, resolution, resolution), dtype=np.float32)
-    slabs = max(1, chunk // len(yz))
-    for start in progress(range(0, resolution, slabs), (resolution + slabs - 1) // slabs):
-        x = xs[start:start + slabs]
-        pts = np.concatenate([np.repeat(x, len(yz))[:, None], np.tile(yz, (len(x), 1))], axis=1)
-        out[start:start + len(x)] = np.asarray(density_fn(pts), dtype=np.float32).reshape(len(x), resolution, resolution)
-    return out
 
 
 def clean_volume(density: np.ndarray, threshold: float, node_points: list[np.ndarray],
@@ -89,21 +53,10 @@ def clean_volume(density: np.ndarray, threshold: float, node_points: list[np.nda
     from scipy import ndimage
 
     solid = density >= threshold
-    labels, n = ndimage.label(solid, structure=np.ones((3, 3, 3), dtype=bool))
-    if n == 0:
-        return density, {"components": 0, "kept_components": 0, "filled_nodes": 0}
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    largest = int(np.argmax(sizes))
-    keep = sizes >= min_component_fraction * sizes[largest]
-    if inside_hull is not None and keep.sum() > 1:
-        idx = np.arange(1, n + 1)
-        centroid_idx = np.asarray(ndimage.center_of_mass(solid, labels, idx))  # [n, 3] fractional node indices
-        step = np.array([p[1] - p[0] for p in node_points])
-        origin = np.array([p[0] for p in node_points])
-        keep &= np.asarray(inside_hull(origin + centroid_idx * step), dtype=bool)
-    keep[largest] = True
-    kept = np.concatenate([[False], keep])[labels]
+    kept, stats = keep_main_components(solid, node_points, inside_hull, min_component_fraction)
     out = np.where(solid & ~kept, 0.0, density).astype(np.float32)
+    if not stats["components"]:
+        return density, {**stats, "filled_nodes": 0}
 
     # The inside: nodes seen through at least `opacity` of matter from every direction.
     if hidden is None:
@@ -120,8 +73,30 @@ def clean_volume(density: np.ndarray, threshold: float, node_points: list[np.nda
         out[smoothed & ~solid] = 2.0 * threshold
         out[solid & ~smoothed] = 0.5 * threshold
         morphed = int((smoothed != solid).sum())
-    return out, {"components": int(n), "kept_components": int(keep.sum()), "filled_nodes": int(inside.sum()),
-                 "morphology_changed_nodes": morphed}
+    return out, {**stats, "filled_nodes": int(inside.sum()), "morphology_changed_nodes": morphed}
+
+
+def keep_main_components(solid: np.ndarray, node_points: list[np.ndarray],
+                         inside_hull: Callable[[np.ndarray], np.ndarray] | None = None,
+                         min_component_fraction: float = 0.05) -> tuple[np.ndarray, dict]:
+    """The solid nodes [R, R, R] bool worth keeping: split into 26-connected components, the
+    largest, and any other with at least `min_component_fraction` of its node count whose centroid
+    lies in the visual hull (`inside_hull`: points [N, 3] -> bool [N]; None keeps them by size)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(solid, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return solid, {"components": 0, "kept_components": 0}
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    largest = int(np.argmax(sizes))
+    keep = sizes >= min_component_fraction * sizes[largest]
+    if inside_hull is not None and keep.sum() > 1:
+        centroid_idx = np.asarray(ndimage.center_of_mass(solid, labels, np.arange(1, n + 1)))  # [n, 3] node indices
+        step = np.array([p[1] - p[0] for p in node_points])
+        origin = np.array([p[0] for p in node_points])
+        keep &= np.asarray(inside_hull(origin + centroid_idx * step), dtype=bool)
+    keep[largest] = True
+    return np.concatenate([[False], keep])[labels], {"components": int(n), "kept_components": int(keep.sum())}
 
 
 def hidden_from_outside(density: np.ndarray, spacing, opacity: float = 0.5) -> np.ndarray:
@@ -162,35 +137,29 @@ def hidden_from_outside(density: np.ndarray, spacing, opacity: float = 0.5) -> n
     return best < 1.0 - opacity
 
 
-def marching_cubes(density: np.ndarray, threshold: float, aabb_min, aabb_max) -> Mesh:
-    """Iso-surface density == threshold of a node grid [R, R, R] -> closed mesh in world units.
+def marching_cubes(volume: np.ndarray, level: float, aabb_min, aabb_max, outside: float = 0.0) -> trimesh.Trimesh:
+    """Iso-surface volume == level of a node grid [R, R, R] -> closed mesh in world units, the
+    solid being where volume >= level (a density, or a negated signed distance).
 
-    The grid is padded with one layer of zeros, so matter touching the box still gives a closed
-    surface. Faces are oriented with normals pointing to lower density (outwards).
+    The grid is padded with one layer of `outside` (below the level), so matter touching the box
+    still gives a closed surface. Faces wind counter-clockwise seen from outside.
     """
     from skimage.measure import marching_cubes as skimage_mc
 
-    if not (density >= threshold).any():
-        raise ValueError(f"no density reaches the threshold {threshold} (max {float(density.max()):.3g})")
+    if not (volume >= level).any():
+        raise ValueError(f"no value reaches the level {level} (max {float(volume.max()):.3g})")
     lo, hi = np.asarray(aabb_min, dtype=np.float64), np.asarray(aabb_max, dtype=np.float64)
-    step = (hi - lo) / (np.asarray(density.shape) - 1)
-    padded = np.pad(density, 1, mode="constant", constant_values=0.0)
-    verts, faces, _, _ = skimage_mc(padded, level=threshold, spacing=tuple(step), gradient_direction="descent")
-    verts = verts - step + lo  # undo the padding layer
-    mesh = Mesh(verts.astype(np.float64), faces.astype(np.int64))
-    # skimage's winding depends on its conventions; orient so the signed volume is positive.
-    if signed_volume(mesh) < 0:
-        mesh.faces = mesh.faces[:, ::-1].copy()
+    step = (hi - lo) / (np.asarray(volume.shape) - 1)
+    padded = np.pad(volume, 1, mode="constant", constant_values=outside)
+    verts, faces, _, _ = skimage_mc(padded, level=level, spacing=tuple(step), gradient_direction="descent")
+    mesh = trimesh.Trimesh(verts - step + lo, faces.astype(np.int64), process=False)  # undo the padding layer
+    if mesh.volume < 0:  # skimage's winding depends on its conventions
+        mesh.invert()
     return mesh
 
 
-def signed_volume(mesh: Mesh) -> float:
-    """Volume enclosed by a closed mesh; positive when its faces wind counter-clockwise from outside."""
-    tri = mesh.vertices[mesh.faces]
-    return float(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
-
-
-def simplify(mesh: Mesh, face_budget: int, taubin_iterations: int = 0, min_component_fraction: float = 0.0) -> Mesh:
+def simplify(mesh: trimesh.Trimesh, face_budget: int, taubin_iterations: int = 0,
+             min_component_fraction: float = 0.0) -> trimesh.Trimesh:
     """Drop surface pieces with fewer than min_component_fraction of the largest piece's faces,
     optional Taubin smoothing (shrink-free), then quadric decimation to at most face_budget faces.
 
@@ -218,15 +187,16 @@ def simplify(mesh: Mesh, face_budget: int, taubin_iterations: int = 0, min_compo
         m = m.simplify_quadric_decimation(target_number_of_triangles=face_budget)
     m.remove_degenerate_triangles()
     m.remove_unreferenced_vertices()
-    return Mesh(np.asarray(m.vertices, dtype=np.float64), np.asarray(m.triangles, dtype=np.int64))
+    return trimesh.Trimesh(np.asarray(m.vertices, dtype=np.float64), np.asarray(m.triangles, dtype=np.int64),
+                           process=False)
 
 
 def mesh_from_density(density: np.ndarray, aabb_min, aabb_max, threshold: float,
                       inside_hull: Callable[[np.ndarray], np.ndarray] | None = None,
                       face_budget: int = 80_000, taubin_iterations: int = 5,
                       min_component_fraction: float = 0.05, opacity: float = 0.5,
-                      hidden: np.ndarray | None = None, morphology_nodes: int = 1) -> tuple[Mesh, dict]:
-    """The whole chain on a node grid [R, R, R]: clean, marching cubes, smooth, decimate -> (mesh, stats)."""
+                      hidden: np.ndarray | None = None, morphology_nodes: int = 1) -> tuple[trimesh.Trimesh, dict]:
+    """The whole chain on a density node grid [R, R, R]: clean, marching cubes, smooth, decimate -> (mesh, stats)."""
     nodes = lattice_points(aabb_min, aabb_max, density.shape[0])
     cleaned, stats = clean_volume(density, threshold, nodes, inside_hull, min_component_fraction, opacity, hidden,
                                   morphology_nodes)
@@ -236,27 +206,32 @@ def mesh_from_density(density: np.ndarray, aabb_min, aabb_max, threshold: float,
     return mesh, stats
 
 
-def sample_surface(mesh: Mesh, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n points [n, 3] uniformly distributed over the mesh's area."""
-    tri = mesh.vertices[mesh.faces]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    face = rng.choice(len(area), size=n, p=area / area.sum())
-    r1, r2 = rng.random(n), rng.random(n)
-    s = np.sqrt(r1)
-    w = np.stack([1 - s, s * (1 - r2), s * r2], axis=1)
-    return np.einsum("nk,nkc->nc", w, tri[face])
+def mesh_from_sdf(sdf: np.ndarray, aabb_min, aabb_max,
+                  inside_hull: Callable[[np.ndarray], np.ndarray] | None = None, face_budget: int = 80_000,
+                  taubin_iterations: int = 5, min_component_fraction: float = 0.05) -> tuple[trimesh.Trimesh, dict]:
+    """An SDF field's surface from its signed distance on a node grid [R, R, R] (negative inside):
+    stray solid pieces dropped, the zero level by marching cubes, smoothed, decimated -> (mesh,
+    stats). A distance needs no threshold and has no hidden foam to fill: its inside is solid."""
+    nodes = lattice_points(aabb_min, aabb_max, sdf.shape[0])
+    kept, stats = keep_main_components(sdf <= 0, nodes, inside_hull, min_component_fraction)
+    level = -sdf
+    far = float(np.abs(sdf).max()) + 1.0
+    level[(sdf <= 0) & ~kept] = -far  # emptied pieces
+    raw = marching_cubes(level.astype(np.float32), 0.0, aabb_min, aabb_max, outside=-far)
+    mesh = simplify(raw, face_budget, taubin_iterations, min_component_fraction)
+    stats.update(marching_cubes_faces=int(len(raw.faces)), faces=int(len(mesh.faces)), vertices=int(len(mesh.vertices)))
+    return mesh, stats
 
 
-def chamfer_distance(a: Mesh, b: Mesh, n: int = 100_000, seed: int = 0) -> float:
+def chamfer_distance(a: trimesh.Trimesh, b: trimesh.Trimesh, n: int = 100_000, seed: int = 0) -> float:
     """Symmetric Chamfer distance: mean of the two directions' mean nearest-point distances
     (points sampled on one mesh, exact distance to the other's surface), in world units."""
     import open3d as o3d
 
-    rng = np.random.default_rng(seed)
     total = 0.0
     for src, dst in ((a, b), (b, a)):
         scene = o3d.t.geometry.RaycastingScene()
         scene.add_triangles(o3d.core.Tensor(dst.vertices.astype(np.float32)), o3d.core.Tensor(dst.faces.astype(np.uint32)))
-        pts = sample_surface(src, n, rng).astype(np.float32)
+        pts = trimesh.sample.sample_surface(src, n, seed=seed)[0].astype(np.float32)
         total += float(scene.compute_distance(o3d.core.Tensor(pts)).numpy().mean())
     return total / 2.0

@@ -1,8 +1,7 @@
-"""Render the exported model under SH lighting: relit comparisons with photos, turntable frames.
+"""Render the exported model under SH lighting: relit comparisons with photos, turntable previews.
 
     model = read_glb("model.glb")                    # or any GLBModel
     rgb, alpha = render_mesh_sh(model, frame, sh)    # frame: stages.common.cameras.Frame, sh [9, 3]
-    frames = turntable_frames(36, size=256)          # cameras circling the origin, +Y up
 
 A ray tracer (open3d's BVH) shades what a glTF viewer would show of the file, diffuse only:
 base colour (decoded from sRGB to linear) times albedo-irradiance albedo / pi * E(n) of the
@@ -14,37 +13,17 @@ the GLB's metallic-roughness model has no per-texel specular strength to match N
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from stages.common.cameras import Frame, distort
+from stages.common.cameras import Frame, undistort
 from stages.common.sh import sh_dominant_direction, sh_irradiance
 from stages.common.colour import srgb_to_linear
-from stages.export.bake import sample_texture
+from stages.common.images import sample_bilinear
 from stages.export.gltf import GLBModel, read_glb
 from stages.material.shading import ambient_irradiance
-
-
-def undistort(xy_distorted: np.ndarray, frame: Frame, iterations: int = 10) -> np.ndarray:
-    """Invert the frame's OpenCV distortion on normalised coordinates [N, 2] by fixed-point iteration."""
-    if not any((frame.k1, frame.k2, frame.p1, frame.p2)):
-        return xy_distorted
-    xy = xy_distorted.copy()
-    for _ in range(iterations):
-        error = distort(xy, frame.k1, frame.k2, frame.p1, frame.p2) - xy_distorted
-        xy -= error
-    return xy
-
-
-def small_frame(frame: Frame, max_size: int) -> Frame:
-    """The frame at an integer factor down so that its longer side is at most max_size pixels."""
-    factor = max(1, int(np.ceil(max(frame.w, frame.h) / max_size)))
-    if factor == 1:
-        return frame
-    return replace(frame.scaled(frame.w / factor, frame.h / factor), w=frame.w // factor, h=frame.h // factor)
 
 
 def pixel_rays(frame: Frame, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -54,9 +33,9 @@ def pixel_rays(frame: Frame, supersample: int = 1) -> tuple[np.ndarray, np.ndarr
     cols = (np.arange(frame.w * ss) + 0.5) / ss
     rows = (np.arange(frame.h * ss) + 0.5) / ss
     px, py = np.meshgrid(cols, rows)
-    xy = np.stack([(px.ravel() - frame.cx) / frame.fl_x, (py.ravel() - frame.cy) / frame.fl_y], axis=1)
-    xy = undistort(xy, frame)
-    d_cam = np.stack([xy[:, 0], -xy[:, 1], -np.ones(len(xy))], axis=1)  # OpenCV -> OpenGL camera axes
+    x, y = undistort((px.ravel() - frame.cx) / frame.fl_x, (py.ravel() - frame.cy) / frame.fl_y,
+                     frame.k1, frame.k2, frame.p1, frame.p2)
+    d_cam = np.stack([x, -y, -np.ones(len(x))], axis=1)  # OpenCV -> OpenGL camera axes
     c2w = np.asarray(frame.c2w, dtype=np.float64)
     d = d_cam @ c2w[:3, :3].T
     d /= np.linalg.norm(d, axis=1, keepdims=True)
@@ -76,7 +55,7 @@ def shading_normals(model: GLBModel, face: np.ndarray, bary: np.ndarray, uv: np.
         return n
     t = interp(model.tangents[:, :3])
     b = interp(np.cross(model.normals, model.tangents[:, :3]) * model.tangents[:, 3:4])
-    n_ts = sample_texture(model.normal[..., :3], uv) / 255.0 * 2.0 - 1.0
+    n_ts = sample_bilinear(model.normal[..., :3], uv) / 255.0 * 2.0 - 1.0
     out = t * n_ts[:, :1] + b * n_ts[:, 1:2] + n * n_ts[:, 2:3]
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-20)
 
@@ -106,7 +85,7 @@ def render_mesh_sh(model: GLBModel | str | Path, frame: Frame, sh_light: np.ndar
     buv = hits["primitive_uvs"].numpy()[hit].astype(np.float64)
     bary = np.stack([1.0 - buv[:, 0] - buv[:, 1], buv[:, 0], buv[:, 1]], axis=1)
     uv = np.einsum("nk,nkc->nc", bary, model.uvs[model.faces[face]])
-    albedo = srgb_to_linear(sample_texture(model.base_colour[..., :3], uv) / 255.0)
+    albedo = srgb_to_linear(sample_bilinear(model.base_colour[..., :3], uv) / 255.0)
     normal = shading_normals(model, face, bary, uv)
     coeffs = torch.from_numpy(np.asarray(sh_light, dtype=np.float64))
     irradiance = sh_irradiance(coeffs, torch.from_numpy(normal)).numpy()
@@ -127,22 +106,3 @@ def render_mesh_sh(model: GLBModel | str | Path, frame: Frame, sh_light: np.ndar
     return rgb.reshape(h, w, 3).astype(np.float32), (count / ss**2).reshape(h, w).astype(np.float32)
 
 
-def turntable_frames(n: int, size: int = 256, fov_deg: float = 40.0, distance: float = 3.0,
-                     elevation_deg: float = 20.0, centre=(0.0, 0.0, 0.0)) -> list[Frame]:
-    """n cameras evenly around the +Y axis through `centre`, looking at it from `distance` (world
-    units) at the given elevation; square size x size images. Frame k sits at azimuth 360 k / n
-    degrees, starting on +Z."""
-    centre = np.asarray(centre, dtype=np.float64)
-    focal = 0.5 * size / math.tan(math.radians(fov_deg) / 2.0)
-    el = math.radians(elevation_deg)
-    frames = []
-    for k in range(n):
-        az = 2.0 * math.pi * k / n
-        back = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
-        right = np.cross([0.0, 1.0, 0.0], back)
-        right /= np.linalg.norm(right)
-        c2w = np.eye(4)
-        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, np.cross(back, right), back, centre + distance * back
-        frames.append(Frame(stem=f"turntable_{k:03d}", c2w=c2w, fl_x=focal, fl_y=focal, cx=size / 2.0,
-                            cy=size / 2.0, w=size, h=size))
-    return frames

@@ -14,21 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import trimesh
 
 from stages.common.cameras import Frame
-from stages.export.mesh import Mesh, clean_volume, lattice_points, marching_cubes
-from stages.export.preview import pixel_rays, small_frame
+from stages.common.images import shrink_view
+from stages.export.mesh import clean_volume, lattice_points, marching_cubes
+from stages.export.preview import pixel_rays
 
 
-def _shrink(frame: Frame, mask: np.ndarray, max_size: int) -> tuple[Frame, np.ndarray]:
-    """The frame shrunk as preview.small_frame does, and the mask box-filtered to match."""
-    small = small_frame(frame, max_size)
-    fy, fx = frame.h // small.h, frame.w // small.w
-    cropped = mask[:small.h * fy, :small.w * fx].reshape(small.h, fy, small.w, fx).mean(axis=(1, 3)) >= 0.5
-    return small, cropped
-
-
-def mesh_silhouette(mesh: Mesh, frame: Frame, scene=None) -> np.ndarray:
+def mesh_silhouette(mesh: trimesh.Trimesh, frame: Frame, scene=None) -> np.ndarray:
     """bool [h, w]: pixels whose centre ray hits the mesh."""
     import open3d as o3d
 
@@ -41,7 +35,7 @@ def mesh_silhouette(mesh: Mesh, frame: Frame, scene=None) -> np.ndarray:
     return np.isfinite(scene.cast_rays(rays)["t_hit"].numpy()).reshape(frame.h, frame.w)
 
 
-def silhouette_iou(mesh: Mesh, frames: Sequence[Frame], masks: Sequence[np.ndarray], max_size: int = 256) -> np.ndarray:
+def silhouette_iou(mesh: trimesh.Trimesh, frames: Sequence[Frame], masks: Sequence[np.ndarray], max_size: int = 256) -> np.ndarray:
     """Intersection over union of the mesh's silhouette and the mask, per frame -> [P]."""
     import open3d as o3d
 
@@ -49,7 +43,7 @@ def silhouette_iou(mesh: Mesh, frames: Sequence[Frame], masks: Sequence[np.ndarr
     scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)), o3d.core.Tensor(mesh.faces.astype(np.uint32)))
     out = []
     for frame, mask in zip(frames, masks):
-        small, small_mask = _shrink(frame, mask, max_size)
+        small, small_mask = shrink_view(frame, max_size, mask)
         sil = mesh_silhouette(mesh, small, scene)
         union = (sil | small_mask).sum()
         out.append(float((sil & small_mask).sum() / union) if union else 1.0)

@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from stages.export.mesh import Mesh
+import trimesh
 
 
 @dataclass
@@ -28,7 +27,7 @@ class UVMesh:
     utilization: float
 
 
-def unwrap(mesh: Mesh, texture_size: int = 1024, padding_px: int = 4) -> UVMesh:
+def unwrap(mesh: trimesh.Trimesh, texture_size: int = 1024, padding_px: int = 4) -> UVMesh:
     """Segment the mesh into charts, flatten and pack them for a texture_size^2 image.
 
     `padding_px` texels separate charts, room for the bake's dilation so that bilinear and

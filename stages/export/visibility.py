@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from stages.common.cameras import Frame
-from stages.export.preview import pixel_rays, small_frame
+from stages.export.preview import pixel_rays
 
 
 def _volume(density: np.ndarray) -> torch.Tensor:
@@ -46,7 +46,7 @@ def depth_maps(density: np.ndarray, aabb_min, aabb_max, frames: Sequence[Frame],
     steps = steps or 2 * max(density.shape)
     out = []
     for frame in frames:
-        small = small_frame(frame, max_size)
+        small = frame.shrunk(max_size)
         o, d = (torch.from_numpy(a.astype(np.float32)) for a in pixel_rays(small))
         with np.errstate(divide="ignore"):
             inv = 1.0 / d

@@ -2,7 +2,9 @@
 
 The hash grid follows the published idea of Instant-NGP (Mueller et al. 2022): L levels of
 feature tables at geometrically growing resolutions, trilinearly interpolated and concatenated.
-This implementation is plain PyTorch and is shaped by what is fast on a small CPU:
+For float32 on the CPU it runs on the native kernels (stages/field/kernels: same rows, weights
+and gradients, ~10x faster); everywhere else, and as their reference and fallback, it runs on
+the PyTorch implementation below (`reference_forward`), shaped by what is fast on a small CPU:
 
 - every level owns a slab of 2^log2_table rows in ONE table, so a single `embedding_bag`
   gathers and weights the 8 corners of all levels at once (it is several times faster than
@@ -21,6 +23,9 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from stages.field.kernels import native_for
+from stages.field.kernels.hash_grid import hash_grid_features
 
 _PRIMES = (1, 2654435761, 805459861)
 
@@ -139,10 +144,21 @@ class HashGridEncoding(nn.Module):
         return rows.view(-1), weights.view(-1)
 
     def forward(self, unit_positions: Tensor) -> Tensor:
+        """Runs on the native kernels when they apply (float32 on the CPU), else on PyTorch."""
+        lib = native_for(self.table, unit_positions)
+        if lib is None:
+            return self.reference_forward(self.table, unit_positions)
+        return hash_grid_features(lib, self.table, unit_positions, self.resolutions.view(-1),
+                                  self.multipliers.view(3, -1).t().contiguous(), self.log2_table,
+                                  self.reference_forward)
+
+    def reference_forward(self, table: Tensor, unit_positions: Tensor) -> Tensor:
+        """The pure-PyTorch encoding with `table` in place of self.table: the fast path's
+        reference and fallback, and its differentiable backward (double backward)."""
         n = unit_positions.shape[0]
         with torch.set_grad_enabled(torch.is_grad_enabled() and unit_positions.requires_grad):
             rows, weights = self.corner_indices_and_weights(unit_positions)
-        out = _TrilinearGather.apply(self.table, rows, weights)  # [L*N, F], level-major
+        out = _TrilinearGather.apply(table, rows, weights)  # [L*N, F], level-major
         return out.view(self.n_levels, n, self.n_features).transpose(0, 1).reshape(n, self.out_dim)
 
 

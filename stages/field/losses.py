@@ -1,4 +1,4 @@
-"""Training losses of the geometry stage (NeRF-W colour, transient, silhouette, camera regulariser)."""
+"""Training losses of the geometry stage (NeRF-W colour, transient, silhouette, eikonal, camera regulariser)."""
 from __future__ import annotations
 
 import torch
@@ -29,6 +29,18 @@ def silhouette_loss(acc: Tensor, mask: Tensor) -> Tensor:
     the squeeze keeps the log finite for fully empty or fully opaque rays)."""
     p = 0.98 * acc.clamp(0.0, 1.0) + 0.01
     return -(mask * torch.log(p) + (1.0 - mask) * torch.log(1.0 - p)).mean()
+
+
+def eikonal_loss(gradients: Tensor) -> Tensor:
+    """Mean (|grad d| - 1)^2 over gradients [N, 3] of a signed distance d: keeps d a distance
+    (IGR, NeuS, VolSDF), which makes its zero level a clean surface and its gradient the normal."""
+    return (gradients.norm(dim=-1) - 1.0).square().mean()
+
+
+def normal_difference(gradients: Tensor, nearby_gradients: Tensor) -> Tensor:
+    """Mean 1 - cos between an SDF's gradients [N, 3] and those at nearby points [N, 3]: a bumpy
+    surface (texture explained by geometry) costs, a smooth or sharply creased one hardly does."""
+    return 1.0 - torch.nn.functional.cosine_similarity(gradients, nearby_gradients, dim=-1, eps=1e-8).mean()
 
 
 def psnr(mse: Tensor | float) -> float:

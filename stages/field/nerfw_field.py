@@ -1,26 +1,40 @@
-"""The NeRF-W style field: static density + colour, and a per-photo transient part.
+"""The NeRF-W style field: static geometry + colour, and a per-photo transient part.
 
     sigma, geo = field.density(positions)                 # positions [N, 3] world
+    d, geo = field.sdf(positions)                         # surface="sdf": signed distance, world units
     rgb = field.colour(geo, directions, field.appearance(image_idx))
     sigma_t, rgb_t, beta = field.transient(geo, field.transient_codes(image_idx))
 
-Static density depends on position only; static colour also on view direction (SH-encoded) and
-a per-photo appearance code, so exposure or lighting changes between photos are explained by the
-code instead of by geometry. The transient head (NeRF-W) gives each photo its own extra density,
-colour and uncertainty beta, which soaks up per-photo shadows and highlights; the colour loss is
-divided by beta^2 so those pixels weigh less. Densities are per world unit; colours are sRGB
-values in [0, 1] (the field is trained directly on the photos' encoded values).
+The static geometry is either a free density (surface="density", NeRF-W) or a signed distance
+function (surface="sdf", the default) whose density for volume rendering is VolSDF's
+sigma = Laplace_cdf(-d / w) / w with a learned surface width w: the zero level is the surface, so
+it comes out watertight and smooth where the photos do not say otherwise (an eikonal term in
+training keeps d a distance), and its gradient is the surface normal. The SDF starts as the masks'
+visual hull: d = hull prior (a signed-distance grid, `set_sdf_prior`) + a learned residual.
+
+Static colour depends on the view direction (SH-encoded) and a per-photo appearance code, so
+exposure or lighting changes between photos are explained by the code instead of by geometry.
+The transient head (NeRF-W) gives each photo its own extra density, colour and uncertainty beta,
+which soaks up per-photo occluders, shadows and highlights; the colour loss is divided by beta^2
+so those pixels weigh less. Densities are per world unit; colours are sRGB values in [0, 1] (the
+field is trained directly on the photos' encoded values).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from stages.field.embedding import PerImageEmbedding
+from stages.field.grids import sample_grid
 from stages.field.encodings import HashGridEncoding, sh_encode
 from stages.field.mlp import MLP
+
+
+# Vertices of a regular tetrahedron: sum_k v_k f(x + h v_k) = 4 h^2 grad f(x) + O(h^4) for |v_k|^2 = 3.
+_TETRAHEDRON = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]])
 
 
 class _TruncExp(torch.autograd.Function):
@@ -44,14 +58,20 @@ class NerfWField(nn.Module):
                  n_levels: int = 12, n_features: int = 2, log2_table: int = 15,
                  base_resolution: int = 16, max_resolution: int = 1024, width: int = 64,
                  colour_layers: int = 2, geo_feat_dim: int = 15, appearance_dim: int = 16,
-                 transient_dim: int = 16, sh_degree: int = 4, beta_min: float = 0.1):
+                 transient_dim: int = 16, sh_degree: int = 4, beta_min: float = 0.1,
+                 surface: str = "sdf", prior_resolution: int = 64, surface_width: float = 0.01,
+                 min_surface_width: float = 0.002):
         super().__init__()
+        if surface not in ("sdf", "density"):
+            raise ValueError(f"surface must be 'sdf' or 'density', got {surface!r}")
         self.config = dict(aabb_min=[float(v) for v in aabb_min], aabb_max=[float(v) for v in aabb_max],
                            n_images=n_images, n_levels=n_levels, n_features=n_features,
                            log2_table=log2_table, base_resolution=base_resolution,
                            max_resolution=max_resolution, width=width, colour_layers=colour_layers,
                            geo_feat_dim=geo_feat_dim, appearance_dim=appearance_dim,
-                           transient_dim=transient_dim, sh_degree=sh_degree, beta_min=beta_min)
+                           transient_dim=transient_dim, sh_degree=sh_degree, beta_min=beta_min, surface=surface,
+                           prior_resolution=prior_resolution, surface_width=surface_width,
+                           min_surface_width=min_surface_width)
         lo, hi = torch.tensor(self.config["aabb_min"]), torch.tensor(self.config["aabb_max"])
         self.register_buffer("aabb_min", lo, persistent=False)
         self.register_buffer("aabb_size", hi - lo, persistent=False)
@@ -60,6 +80,17 @@ class NerfWField(nn.Module):
         self.sh_degree, self.beta_min = sh_degree, beta_min
         self.encoding = HashGridEncoding(n_levels, n_features, log2_table, base_resolution, max_resolution)
         self.density_net = MLP(self.encoding.out_dim, 1 + geo_feat_dim, width, 1)
+        self.is_sdf = surface == "sdf"
+        if self.is_sdf:
+            # the SDF residual's unit: a tenth of the box, so the MLP's O(1) outputs move the surface
+            # by up to ~10% of the object (the hull prior is already close)
+            self.residual_scale = 0.1 * float((hi - lo).max())
+            self.register_buffer("sdf_prior", torch.zeros(prior_resolution, prior_resolution, prior_resolution, 1))
+            self.min_surface_width = min_surface_width
+            self.log_surface_width = nn.Parameter(torch.tensor(math.log(max(surface_width - min_surface_width, 1e-6))))
+            with torch.no_grad():
+                self.density_net.net[-1].weight[0].mul_(0.01)  # the residual starts near zero: d = the hull
+                self.density_net.net[-1].bias[0].zero_()
         # colour = MLP([geo, SH(direction), appearance]); the first layer is split so the per-ray
         # part (direction, appearance) is computed once per ray, not once per sample
         self.colour_net = MLP(geo_feat_dim, 3, width, colour_layers)
@@ -75,8 +106,43 @@ class NerfWField(nn.Module):
     def has_transient(self) -> bool:
         return self.transient_net is not None
 
+    def set_sdf_prior(self, signed_distance: Tensor) -> None:
+        """The SDF's starting shape: a cell-centred signed-distance grid [G, G, G] (world units,
+        negative inside) over the field's box, resampled to `prior_resolution`."""
+        g = self.sdf_prior.shape[0]
+        grid = signed_distance.float()[None, None]
+        if grid.shape[-1] != g:
+            grid = nn.functional.interpolate(grid, size=(g, g, g), mode="trilinear", align_corners=False)
+        self.sdf_prior.copy_(grid[0, 0, ..., None])
+
+    @property
+    def surface_width(self) -> Tensor:
+        """VolSDF's beta (world units): the density rises from 0 to 1/beta over about this distance."""
+        return self.min_surface_width + torch.exp(self.log_surface_width)
+
+    def sdf(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions: [N, 3] world -> (signed distance [N] world units, negative inside; geometry
+        features [N, geo_feat_dim]). Only for surface="sdf"."""
+        unit = (positions - self.aabb_min) / self.aabb_size
+        h = self.density_net(self.encoding(unit))
+        prior = sample_grid(self.sdf_prior, positions, self.aabb_min, self.aabb_min + self.aabb_size)[:, 0]
+        return prior + self.residual_scale * h[:, 0], h[:, 1:]
+
+    def sdf_gradient(self, positions: Tensor, spacing: float) -> Tensor:
+        """The SDF's gradient [N, 3] at positions [N, 3] by finite differences over a tetrahedron of
+        half-size `spacing` (world units): four evaluations, no second derivatives through the hash
+        grid, and a larger spacing averages the gradient over that scale (smoother normals)."""
+        offsets = _TETRAHEDRON.to(positions) * spacing  # [4, 3]
+        values, _ = self.sdf((positions[:, None, :] + offsets).reshape(-1, 3))
+        return (values.view(-1, 4, 1) * offsets).sum(1) / (4.0 * spacing * spacing)
+
     def density(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """positions: [N, 3] world -> (sigma [N] per world unit, geometry features [N, geo_feat_dim])."""
+        if self.is_sdf:
+            d, geo = self.sdf(positions)
+            width = self.surface_width
+            half_tail = 0.5 * torch.exp(-d.abs() / width)  # VolSDF: Laplace CDF of -d at scale `width`
+            return torch.where(d > 0, half_tail, 1.0 - half_tail) / width, geo
         unit = (positions - self.aabb_min) / self.aabb_size
         h = self.density_net(self.encoding(unit))
         sigma = _TruncExp.apply(h[:, 0]) * self.density_scale

@@ -24,13 +24,15 @@ from stages.field.rays import Cameras
 
 
 def carve_visual_hull(cameras: Cameras, masks: Sequence[np.ndarray], aabb_min: Tensor, aabb_max: Tensor,
-                      resolution: int = 128, margin_px: float = 2.0, max_miss_fraction: float = 0.05) -> Tensor:
+                      resolution: int = 128, margin_px: float = 2.0, max_miss_fraction: float = 0.05,
+                      min_misses: int = 0) -> Tensor:
     """Cells seen inside the masks: [G, G, G] bool over the box (aabb_min, aabb_max: [3] world).
 
     masks: one [H, W] bool array per camera (True = object). A cell counts as inside a photo if
     the distance from its projected centre to the mask is at most its projected half-diagonal plus
     `margin_px`; it is kept if it falls outside the mask in at most max_miss_fraction of the photos
-    that see it (tolerating a few bad masks or poses) and at least one photo sees it.
+    that see it, and never fewer than `min_misses` (tolerating a few bad masks or poses: one mask
+    with a hole must not carve the object away), and at least one photo sees it.
     Carved coarse to fine: only the children of kept cells are tested at the next resolution
     (a child's sphere lies inside its parent's, so nothing kept at full resolution is lost).
     """
@@ -46,7 +48,7 @@ def carve_visual_hull(cameras: Cameras, masks: Sequence[np.ndarray], aabb_min: T
     while True:
         cell = (aabb_max - aabb_min) / res
         keep = _cells_inside_masks(cameras, distances, aabb_min + (ijk + 0.5) * cell,
-                                   0.5 * float(cell.norm()), margin_px, max_miss_fraction)
+                                   0.5 * float(cell.norm()), margin_px, max_miss_fraction, min_misses)
         ijk = ijk[keep]
         if res == resolution:
             break
@@ -58,7 +60,7 @@ def carve_visual_hull(cameras: Cameras, masks: Sequence[np.ndarray], aabb_min: T
 
 
 def _cells_inside_masks(cameras: Cameras, distances: list[Tensor], centres: Tensor, half_diag: float,
-                        margin_px: float, max_miss_fraction: float) -> Tensor:
+                        margin_px: float, max_miss_fraction: float, min_misses: int = 0) -> Tensor:
     """centres [N, 3] world -> [N] bool, the hull test of `carve_visual_hull`."""
     seen = torch.zeros(centres.shape[0], dtype=torch.int32, device=centres.device)
     misses = torch.zeros_like(seen)
@@ -71,8 +73,23 @@ def _cells_inside_masks(cameras: Cameras, distances: list[Tensor], centres: Tens
         d = dist[row.clamp(0, h - 1), col.clamp(0, w - 1)]
         seen += in_frame.int()
         misses += (in_frame & (d > radius)).int()
-    allowed = (seen.float() * max_miss_fraction).floor().int()
+    allowed = (seen.float() * max_miss_fraction).floor().int().clamp(min=min_misses)
     return (seen > 0) & (misses <= allowed)
+
+
+def hull_signed_distance(hull: Tensor, aabb_min: Tensor, aabb_max: Tensor) -> Tensor:
+    """Signed distance [G, G, G] (world units, negative inside) from each cell centre of a hull
+    grid [G, G, G] bool over the box to the hull's boundary (halfway between inside and outside
+    cells): an SDF field's starting shape."""
+    from scipy.ndimage import distance_transform_edt
+
+    inside = hull.cpu().numpy()
+    spacing = ((aabb_max - aabb_min) / hull.shape[0]).cpu().numpy().astype(np.float64)
+    half = 0.5 * float(spacing.mean())
+    to_inside = distance_transform_edt(~inside, sampling=spacing)  # outside cells: distance to an inside one
+    to_outside = distance_transform_edt(inside, sampling=spacing)
+    signed = np.where(inside, half - to_outside, to_inside - half)
+    return torch.from_numpy(signed.astype(np.float32)).to(hull.device)
 
 
 class OccupancyGrid:

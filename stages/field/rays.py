@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from stages.common.cameras import Frame
+from stages.common.cameras import Frame, distort, undistort
 
 
 @dataclass
@@ -28,6 +28,10 @@ class Cameras:
     intrinsics: Tensor
     size: Tensor
     distortion: Tensor
+
+    def __post_init__(self):
+        # known once, on the host: asking the tensor every step would wait for the GPU
+        self.distorted = bool(self.distortion.any())
 
     @staticmethod
     def from_frames(frames: Sequence[Frame]) -> "Cameras":
@@ -54,7 +58,8 @@ class Cameras:
         fx, fy, cx, cy = self.intrinsics[image_idx].unbind(-1)
         x = (px.float() + 0.5 - cx) / fx
         y = (py.float() + 0.5 - cy) / fy
-        x, y = undistort(x, y, self.distortion[image_idx])
+        if self.distorted:
+            x, y = undistort(x, y, *self.distortion[image_idx].unbind(-1))
         c2w = self.c2w[image_idx]
         rot, origins = c2w[:, :3, :3], c2w[:, :3, 3]
         if refinement is not None:
@@ -74,7 +79,7 @@ class Cameras:
         depth = -cam[:, 2]
         safe = torch.where(depth.abs() > 1e-9, depth, torch.full_like(depth, 1e-9))
         x, y = cam[:, 0] / safe, -cam[:, 1] / safe
-        x, y = distort(x, y, self.distortion[index].expand(points.shape[0], 4))
+        x, y = distort(x, y, *self.distortion[index].unbind(-1))
         fx, fy, cx, cy = self.intrinsics[index]
         return torch.stack((x * fx + cx, y * fy + cy), dim=-1), depth
 
@@ -87,30 +92,6 @@ class Cameras:
             out.append(replace(f, c2w=self.c2w[i].double().cpu().numpy(), fl_x=fx, fl_y=fy, cx=cx, cy=cy,
                                k1=k1, k2=k2, p1=p1, p2=p2))
         return out
-
-
-def distort(x: Tensor, y: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor]:
-    """OpenCV radial-tangential model on normalised coordinates: x, y [K], coeffs [K, 4] (k1 k2 p1 p2)."""
-    k1, k2, p1, p2 = coeffs.unbind(-1)
-    r2 = x * x + y * y
-    radial = 1 + r2 * (k1 + r2 * k2)
-    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-    return xd, yd
-
-
-def undistort(xd: Tensor, yd: Tensor, coeffs: Tensor, iterations: int = 10) -> tuple[Tensor, Tensor]:
-    """Invert `distort` by fixed-point iteration (exact for zero coefficients): [K], [K], [K, 4]."""
-    if not bool(coeffs.any()):
-        return xd, yd
-    k1, k2, p1, p2 = coeffs.unbind(-1)
-    x, y = xd, yd
-    for _ in range(iterations):
-        r2 = x * x + y * y
-        radial = 1 + r2 * (k1 + r2 * k2)
-        x = (xd - (2 * p1 * x * y + p2 * (r2 + 2 * x * x))) / radial
-        y = (yd - (p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)) / radial
-    return x, y
 
 
 def axis_angle_to_matrix(rotvec: Tensor) -> Tensor:

@@ -94,7 +94,8 @@ def render_rays(field: NerfWField, grid: OccupancyGrid, origins: Tensor, directi
 
     Returns rgb [R, 3] (sRGB, composited on black), acc [R] static opacity, depth [R] (sum of
     weight x distance; divide by acc for the expected hit distance), t_opaque [R] (distance where
-    the transmittance fell below `opaque_transmittance`, inf if it never did), n_samples; with
+    the transmittance fell below `opaque_transmittance`, inf if it never did), n_samples, positions
+    [S, 3] (where the field was evaluated); with
     transient codes also rgb_transient [R, 3], acc_transient [R], beta [R] and sigma_transient [S].
     Colour is evaluated only where a sample's weight exceeds `min_weight`: the rest cannot change
     a pixel visibly. With `cull`, a cheap
@@ -126,6 +127,7 @@ def render_rays(field: NerfWField, grid: OccupancyGrid, origins: Tensor, directi
     out["acc"] = composite(w, torch.ones_like(w), ray_idx, n)
     out["depth"] = composite(w, samples.t, ray_idx, n)
     out["n_samples"] = torch.tensor(samples.ray_idx.shape[0])
+    out["positions"] = samples.positions
     if w_t is not None:
         out["rgb_transient"] = composite(w_t, rgb_t, ray_idx, n)
         out["acc_transient"] = composite(w_t, torch.ones_like(w_t), ray_idx, n)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.cameras import Frame, read_transforms, write_transforms
 from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid
@@ -79,7 +79,7 @@ def load_trained_field(folder: Path, device: str | torch.device = "cpu") -> Trai
         state = torch.load(folder / "field.pt", map_location=device, weights_only=True)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:  # never unpickle to see
         raise NeroicError(f"cannot load the trained field from {folder}: {exc}",
-                          hint="rerun the geometry stage (neroic run --from geometry)") from None
+                          hint="rerun the geometry stage (neroic stage geometry --force)") from None
     if meta.get("format") != FORMAT_VERSION:
         raise NeroicError(f"{folder / 'field.json'} has format {meta.get('format')}, expected {FORMAT_VERSION}",
                           hint="rerun the geometry stage")
@@ -96,21 +96,14 @@ def load_trained_field(folder: Path, device: str | torch.device = "cpu") -> Trai
 def frame_masks(geometry_dir: Path, frames: list[Frame]) -> list[np.ndarray]:
     """Each frame's mask [H, W] bool at the frame's size, found through its mask_path (the
     geometry stage's cameras.json keeps one per photo)."""
-    from stages.common.images import read_mask, resize
+    from stages.common.inputs import MaskSet
 
-    masks = []
+    masks, sets = [], {}
     for frame in frames:
         if not frame.mask_path:
             raise NeroicError(f"camera {frame.stem} in {geometry_dir / 'cameras.json'} has no mask_path",
                               hint="rerun the geometry stage")
         path = (geometry_dir / frame.mask_path).resolve()
-        meta = path.parent / "masks.json"
-        threshold = json.loads(meta.read_text(encoding="utf-8")).get("threshold", 128) if meta.exists() else 128
-        try:
-            mask = read_mask(path)
-        except OSError as e:
-            raise NeroicError(f"cannot read the mask of {frame.stem}: {e}", hint="rerun the masks stage") from None
-        if mask.shape != (frame.h, frame.w):
-            mask = resize(mask, (frame.w, frame.h))
-        masks.append(mask >= threshold)
+        mask_set = sets.setdefault(path.parent, MaskSet.load(path.parent))
+        masks.append(mask_set.binary(frame.stem, (frame.w, frame.h)))
     return masks

@@ -1,7 +1,8 @@
 """The training loop of the geometry stage: masked photos + cameras -> a trained NeRF-W field.
 
     pixels = TrainingPixels.from_photos(images, masks, band_px=8)
-    result = train_field(field, grid, cameras, pixels, TrainConfig(steps=2000), checkpoint_path=...)
+    cfg = from_section(TrainConfig, config["geometry"], step_size=0.01)
+    result = train_field(field, grid, cameras, pixels, cfg, checkpoint_path=...)
 
 Each step draws rays mostly from object pixels plus a band of background pixels just outside the
 masks (background far from the object already has no samples: the visual hull removed it). The
@@ -16,12 +17,10 @@ Checkpoints are plain tensors and dicts, saved atomically and loaded with
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,13 @@ import torch
 from scipy.ndimage import binary_dilation
 from torch import Tensor
 
-from stages.field.losses import (camera_refinement_loss, nerfw_colour_loss, psnr, silhouette_loss,
-                                 transient_density_loss)
+from stages.field.checkpoints import (config_key, generator_state, load_checkpoint, restore_generator,
+                                      save_checkpoint)
+from stages.field.losses import (camera_refinement_loss, eikonal_loss, nerfw_colour_loss, normal_difference, psnr,
+                                 silhouette_loss, transient_density_loss)
 from stages.field.nerfw_field import NerfWField
 from stages.field.occupancy import OccupancyGrid
+from stages.field.optim import adam
 from stages.field.rays import CameraRefinement, Cameras
 from stages.field.rendering import render_image, render_rays
 
@@ -41,32 +43,36 @@ log = logging.getLogger("neroic")
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (the geometry stage maps its config keys onto these)."""
+    """Optimisation settings. Fields named like [geometry] config keys take their values (and
+    defaults) from the config: build with `from_section(TrainConfig, config["geometry"], step_size=...)`."""
 
-    steps: int = 2000
-    target_samples: int = 1 << 16  # samples per step (after empty-space skipping)
+    steps: int
+    target_samples: int  # samples per step (after empty-space skipping)
+    lr: float
+    lr_final_factor: float  # exponential decay to lr * this at the last step
+    refine_cameras: bool
+    camera_lr: float
+    camera_weight: float
+    silhouette_weight: float
+    transient_weight: float
+    appearance_weight: float  # L2 on the per-photo codes: keeps the neutral (mean) code typical
+    eikonal_weight: float  # (|grad d| - 1)^2 of an SDF field
+    eikonal_points: int
+    curvature_weight: float  # an SDF's normals a march step apart should agree
+    background_fraction: float
+    coarse_step_factor: float  # the march step starts this many times larger ...
+    coarse_fraction: float  # ... and shrinks geometrically to step_size over this part of training
+    occupancy_update_every: int
+    occupancy_warmup: int  # steps before the field may empty hull cells
+    checkpoint_every: int
+    max_seconds: float  # training time budget (0: none); schedules then follow max(step, time) progress
+    seed: int
+    step_size: float  # march step, world units (final): derived from the box, not a config key
     initial_rays: int = 4096
     max_rays: int = 1 << 15
-    lr: float = 1e-2
-    lr_final_factor: float = 0.1  # exponential decay to lr * this at the last step
-    refine_cameras: bool = False
-    camera_lr: float = 1e-3
-    camera_weight: float = 1.0
-    silhouette_weight: float = 0.1
-    transient_weight: float = 0.01
-    appearance_weight: float = 0.01  # L2 on the per-photo codes: keeps the neutral (mean) code typical
-    background_fraction: float = 0.2
-    step_size: float = 0.01  # march step, world units (final)
-    coarse_step_factor: float = 4.0  # the march step starts this many times larger ...
-    coarse_fraction: float = 0.3  # ... and shrinks geometrically to step_size over this part of training
-    occupancy_update_every: int = 16
     occupancy_update_fraction: float = 0.25  # of the hull's cells re-evaluated per update
-    occupancy_warmup: int = 64  # steps before the field may empty hull cells
     opaque_margin_steps: float = 8.0  # a ray is marched to where it became opaque last time + this many steps
-    checkpoint_every: int = 500
-    max_seconds: float = 0.0  # training time budget (0: none); schedules then follow max(step, time) progress
     log_every: int = 10
-    seed: int = 0
 
 
 @dataclass
@@ -131,6 +137,21 @@ class TrainingPixels:
         return torch.cat((obj, band))
 
 
+def eikonal_points(sample_positions: Tensor, grid: OccupancyGrid, n: int,
+                   generator: torch.Generator) -> tuple[Tensor, int]:
+    """Where the eikonal term looks, [n, 3] world: three quarters from this step's ray samples
+    (near the surface, where the distance matters most; their count is returned too), a quarter
+    anywhere in the grid's box (so the field stays a distance everywhere, and no spurious surface
+    hides in empty space)."""
+    device = sample_positions.device
+    n_box = n // 4
+    n_near = min(n - n_box, sample_positions.shape[0])
+    pick = torch.randint(0, max(sample_positions.shape[0], 1), (n_near,), generator=generator, device=device)
+    anywhere = torch.rand(n_box, 3, generator=generator, device=device)
+    anywhere = grid.aabb_min + anywhere * (grid.aabb_max - grid.aabb_min)
+    return torch.cat([sample_positions[pick].detach(), anywhere]), n_near
+
+
 def training_progress(step: int, seconds: float, cfg: TrainConfig) -> float:
     """How far training is, 0..1: by steps, or by time when a time budget is set and runs out
     first, so the learning-rate decay and the coarse-to-fine march still complete in time."""
@@ -144,42 +165,6 @@ def march_step(progress: float, cfg: TrainConfig) -> float:
     """Coarse to fine: early on the field is a blurry fog and fine steps only cost samples."""
     fine = min(progress / max(cfg.coarse_fraction, 1e-6), 1.0)
     return cfg.step_size * cfg.coarse_step_factor ** (1.0 - fine)
-
-
-def config_key(cfg: TrainConfig, extra: dict) -> str:
-    """What a checkpoint must match to be resumed (the training settings and the field's shape)."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("checkpoint_every", "log_every")}
-    return json.dumps({"train": settings, **extra}, sort_keys=True)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save of plain tensors/dicts to a temporary file, then an atomic rename."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, key: str) -> dict | None:
-    """The checkpoint at `path` if it is readable and was made with the same settings, else None.
-
-    An unreadable checkpoint is moved aside (`*.corrupt`) and training restarts from scratch;
-    one made with other settings is ignored (and overwritten by the next checkpoint).
-    """
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "step" not in state:
-            raise ValueError("not a neroic checkpoint")
-    except Exception as exc:  # any unreadable file: torch raises many types
-        path.replace(path.with_suffix(".corrupt"))
-        log.warning("checkpoint %s is unreadable (%s); moved it to %s and training starts from scratch",
-                    path, exc, path.with_suffix(".corrupt").name)
-        return None
-    if state.get("config_key") != key:
-        log.warning("checkpoint %s was made with other settings; training starts from scratch", path)
-        return None
-    return state
 
 
 def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels: TrainingPixels,
@@ -198,7 +183,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
     params = [{"params": list(field.parameters()), "lr": cfg.lr}]
     if refinement is not None and cfg.refine_cameras:
         params.append({"params": list(refinement.parameters()), "lr": cfg.camera_lr})
-    optimizer = torch.optim.Adam(params, betas=(0.9, 0.99), eps=1e-15)
+    optimizer = adam(params, betas=(0.9, 0.99), eps=1e-15)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
@@ -219,7 +204,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
         grid.occupied, grid.density = restored.occupied, restored.density
         step, elapsed, n_rays = int(state["step"]), float(state["seconds"]), float(state["n_rays"])
         curves = {k: list(v) for k, v in state["curves"].items()}
-        generator.set_state(state["generator"])
+        restore_generator(generator, state["generator"], cfg.seed, step)
         if state["t_opaque"].shape == pixels.t_opaque.shape:
             pixels.t_opaque = state["t_opaque"].to(device)
         resumed_from = step
@@ -232,7 +217,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
             "config_key": key, "step": step, "seconds": elapsed, "n_rays": n_rays,
             "field": field.state_dict(), "optimizer": optimizer.state_dict(),
             "refinement": refinement.state_dict() if refinement is not None else None,
-            "occupancy": grid.state_dict(), "curves": curves, "generator": generator.get_state(),
+            "occupancy": grid.state_dict(), "curves": curves, "generator": generator_state(generator),
             "t_opaque": pixels.t_opaque})
 
     def run_eval() -> None:
@@ -279,6 +264,15 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
             loss = loss + cfg.silhouette_weight * silhouette_loss(out["acc"], mask)
             if field.has_transient:
                 loss = loss + cfg.transient_weight * transient_density_loss(out["sigma_transient"])
+            if field.is_sdf and (cfg.eikonal_weight > 0 or cfg.curvature_weight > 0):
+                points, n_near = eikonal_points(out["positions"], grid, cfg.eikonal_points, generator)
+                gradients = field.sdf_gradient(points, 0.5 * step_size)
+                loss = loss + cfg.eikonal_weight * eikonal_loss(gradients)
+                if cfg.curvature_weight > 0:  # normals a step apart should agree where the photos allow
+                    nearby = points[:n_near] + step_size * torch.nn.functional.normalize(
+                        torch.randn(n_near, 3, generator=generator, device=device), dim=-1)
+                    loss = loss + cfg.curvature_weight * normal_difference(
+                        gradients[:n_near], field.sdf_gradient(nearby, 0.5 * step_size))
             if use_refinement:
                 loss = loss + cfg.camera_weight * camera_refinement_loss(
                     refinement.rotation, refinement.translation, refinement.log_focal)

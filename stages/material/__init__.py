@@ -3,25 +3,33 @@
 Inputs   geometry/ (the trained field, refined cameras, density_grid.npz; loaded with
          stages.field.trained.load_trained_field), normals/views/<stem>.npz (per-pixel normal
          targets {normal [H,W,3] float16 world, alpha [H,W]}), ingest/ photos (8-bit sRGB),
-         masks/ (only status "ok"). Photos used: the geometry stage's training photos.
+         the masks the geometry stage used (its cameras.json mask_path: the masks stage's, or the
+         repaired ones). Photos used: the geometry stage's training photos.
 Method   Every object pixel whose geometry ray is opaque (acc >= min_acc; silhouette edges are
          left out) gets one surface point at the field's expected depth, found once up front
          (surface.py). Training then shades each pixel with ONE material query (linear RGB):
          albedo / pi * E(n) + k_s * sh_specular(reflect(v, n), s) under the photo's own order-2 SH
          light, where cast shadows remove the light's directional part along the ray towards its
          dominant direction through the density grid (visibility.py), so shadows never enter the
-         albedo. Losses: sRGB colour, normals vs the normals stage (20), normal smoothness (0.5),
+         albedo; then the photo's camera response (its gamma, lighting.py). Losses: sRGB colour, normals vs the normals stage (20), normal smoothness (0.5),
          L1 albedo smoothness (0.1), a specular regulariser against spatial variation of the
          lobe (0.02; it acts, unlike NeROIC's release, and does not shrink the lobe), light
-         positivity (5). Learning rates warm up over 20 steps, then decay (cosine).
+         positivity (5), response (0.1: gammas near 1, the lights' mean colour grey). Learning
+         rates warm up over 20 steps, then decay (cosine).
 Outputs  material/lighting.json   one light per training photo (method.md format: file_path of the
-                                  photo, "sh" [[r, g, b] x 9] linear RGB radiance)
+                                  photo, "sh" [[r, g, b] x 9] linear RGB radiance; its colour
+                                  channels carry the photo's exposure and white balance)
+         material/camera_response.json  [{file_path, gamma}]: each photo's tone curve, recorded
+                                  linear = shaded linear ^ gamma (lighting.py)
          material/material.pt     state dict of the material field (plain tensors)
          material/material.json   its hyper-parameters; load both with
                                   stages.material.material_field.load_material(folder, device), then
                                   field.query(positions [N,3] world, normals [N,3]) -> albedo [N,3]
                                   linear RGB, specular [N], glossiness [N], refined normal [N,3]
          material/losses.png      loss terms and training PSNR against step
+         material/spheres/<stem>.png  each photo's light on a sphere (one exposure for all)
+         material/photo_notes.json  per photo: light, exposure (stops from the median), white
+                                  balance (the light's ambient colour), gamma (for the report)
          material/contact_sheet.png  per photo: original, re-rendered, albedo, shading (irradiance /
                                   pi), refined normals, a sphere lit by the photo's light and
                                   seen from its camera (shading and sphere exposure-normalised;
@@ -43,6 +51,7 @@ Config   [material] (defaults; `preview` / `quality` profile values in brackets)
          mlp_width 64, mlp_layers 2
          normal_weight 20.0, smoothness_weight 0.5, albedo_smoothness_weight 0.1,
          specular_weight 0.02, positivity_weight 5.0
+         response_weight 0.1             L2 on the photos' log-gammas + the lights' mean colour grey
          shadows true, shadow_steps 32   cast shadows from the density grid
          min_acc 0.98                    opacity a pixel's ray needs to count as on the surface
          contact_sheet_photos 8, checkpoint_every 250, seed 0
@@ -61,13 +70,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
-from stages.common.images import read_mask, read_rgb, resize, write_png
+from stages.context import StageContext
+from stages.errors import NeroicError
+from stages.common.images import shrink_view, write_png
+from stages.common.inputs import PhotoSet
 from stages.common.sh import render_lit_sphere
+from stages.common.notes import write_photo_notes
+from stages.common.settings import from_section
 from stages.common.sheets import contact_sheet
 from stages.field.rays import Cameras
-from stages.field.trained import load_trained_field
+from stages.field.trained import frame_masks, load_trained_field
 from stages.material.lighting import PhotoLighting
 from stages.material.material_field import MaterialField, save_material
 from stages.common.colour import linear_to_srgb
@@ -89,25 +101,15 @@ def auto_max_resolution(surface: SurfacePixels, cameras: Cameras, box_extent: fl
     return int(2 ** round(math.log2(min(max(cells, 64.0), 2048.0))))
 
 
-def _load_photos(ctx: StageContext, stems: list[str], sizes: dict[str, tuple[int, int]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Photos [H, W, 3] uint8 sRGB and masks [H, W] bool of `stems`, at the cameras' (w, h)."""
-    ingest, masks_dir = ctx.input("ingest"), ctx.input("masks")
-    try:
-        photos = {p["stem"]: p for p in json.loads((ingest / "photos.json").read_text(encoding="utf-8"))["photos"]}
-        mask_meta = json.loads((masks_dir / "masks.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError) as exc:
-        raise NeroicError(f"cannot read the photo or mask lists: {exc}", hint="rerun the ingest and masks stages") from None
-    ok_masks = {m["stem"]: m for m in mask_meta["masks"] if m.get("status") == "ok"}
-    threshold = int(mask_meta.get("threshold", 128))
-    images, masks = [], []
-    for stem in stems:
-        if stem not in photos or stem not in ok_masks:
-            raise NeroicError(f"photo {stem} was trained on by the geometry stage but has no photo or usable mask",
-                              hint="rerun the geometry stage (neroic run --from geometry)")
-        size = sizes[stem]
-        images.append(resize(read_rgb(ingest / photos[stem]["image"]), size))
-        masks.append(resize(read_mask(masks_dir / ok_masks[stem]["mask"]), size) >= threshold)
-    return images, masks
+def _load_photos(ctx: StageContext, frames: list) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Photos [H, W, 3] uint8 sRGB and masks [H, W] bool of the frames, at the cameras' (w, h); the
+    masks as the geometry stage used them (after its agreement check)."""
+    photos = PhotoSet.load(ctx.input("ingest"))
+    missing = [f.stem for f in frames if f.stem not in photos]
+    if missing:
+        raise NeroicError(f"photos {', '.join(missing)} were trained on by the geometry stage but are not ingested",
+                          hint="rerun the geometry stage (neroic stage geometry --force)")
+    return [photos.rgb(f.stem, (f.w, f.h)) for f in frames], frame_masks(ctx.input("geometry"), frames)
 
 
 def _load_normal_targets(folder: Path, stems: list[str]) -> list[np.ndarray]:
@@ -121,31 +123,6 @@ def _load_normal_targets(folder: Path, stems: list[str]) -> list[np.ndarray]:
         except (OSError, ValueError, KeyError) as exc:
             raise NeroicError(f"cannot read the normal targets {path}: {exc}", hint="rerun the normals stage") from None
     return targets
-
-
-def _sheet_view(frame, photo: np.ndarray, mask: np.ndarray, target: np.ndarray) -> tuple:
-    """A photo's camera, photo, mask and normal targets shrunk to at most SHEET_TILE_PX across:
-    contact-sheet tiles are shown small, and rendering large photos whole costs minutes."""
-    h, w = photo.shape[:2]
-    if max(h, w) <= SHEET_TILE_PX:
-        return frame, photo, mask, target
-    scale = SHEET_TILE_PX / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small_target = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(target)).permute(2, 0, 1)[None],
-                                                   size=size[::-1], mode="nearest")[0].permute(1, 2, 0).numpy()
-    return (frame.scaled(*size), resize(photo, size), resize(mask.astype(np.uint8) * 255, size) >= 128, small_target)
-
-
-def _train_config(cfg: dict) -> MaterialTrainConfig:
-    return MaterialTrainConfig(
-        steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
-        light_lr=float(cfg["light_lr"]), lr_final_factor=float(cfg["lr_final_factor"]),
-        coarse_to_fine=float(cfg["coarse_to_fine"]),
-        normal_weight=float(cfg["normal_weight"]), smoothness_weight=float(cfg["smoothness_weight"]),
-        albedo_smoothness_weight=float(cfg["albedo_smoothness_weight"]),
-        specular_weight=float(cfg["specular_weight"]), positivity_weight=float(cfg["positivity_weight"]),
-        shadows=bool(cfg["shadows"]), shadow_steps=int(cfg["shadow_steps"]),
-        checkpoint_every=int(cfg["checkpoint_every"]), max_seconds=float(cfg["max_seconds"]), seed=int(cfg["seed"]))
 
 
 def _srgb_u8(linear: torch.Tensor) -> np.ndarray:
@@ -178,13 +155,34 @@ def photo_tiles(field: MaterialField, coeffs: torch.Tensor, direction: torch.Ten
             _srgb_u8(_exposed(torch.from_numpy(sphere * alpha[..., None])))]
 
 
+def _photo_notes(out: Path, lights: PhotoLighting, stems: list[str], frames: list) -> None:
+    """Per photo for the report: its learned light as a sphere seen from its camera (one exposure
+    for all photos, so their brightness compares), its exposure and white balance (the light's
+    ambient level and colour) and its camera's gamma."""
+    coeffs = lights.coeffs.detach().cpu().double()
+    spheres = [render_lit_sphere(c, 64, rotation=f.c2w[:3, :3]) for c, f in zip(coeffs, frames)]
+    scale = float(np.quantile(np.concatenate([img[a > 0].ravel() for img, a in spheres]), 0.99)) or 1.0
+    ambient = coeffs[:, 0, :].numpy()
+    level = ambient @ np.array([0.2126, 0.7152, 0.0722])
+    typical = float(np.median(level)) or 1.0
+    (out / "spheres").mkdir()
+    notes = {}
+    for stem, (image, alpha), rgb, lum, gamma in zip(stems, spheres, ambient, level, lights.gamma().tolist()):
+        write_png(out / "spheres" / f"{stem}.png", _srgb_u8(torch.from_numpy(image * alpha[..., None] / scale)))
+        balance = rgb / max(float(rgb.mean()), 1e-9)
+        notes[stem] = {"light": {"image": f"spheres/{stem}.png"},
+                       "exposure": f"{np.log2(max(lum, 1e-9) / typical):+.1f} stops",
+                       "white balance": " : ".join(f"{v:.2f}" for v in balance), "gamma": f"{gamma:.2f}"}
+    write_photo_notes(out, notes)
+
+
 def _plot_losses(path: Path, curves: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for name in ("loss", "colour", "normal", "smoothness", "albedo_smoothness", "specular", "positivity"):
+    for name in ("loss", "colour", "normal", "smoothness", "albedo_smoothness", "specular", "positivity", "response"):
         values = np.maximum(np.asarray(curves[name], dtype=np.float64), 1e-12)
         axes[0].plot(curves["step"], values, label=name)
     axes[0].set(xlabel="step", ylabel="value (unweighted terms)", yscale="log", title="material losses")
@@ -214,8 +212,7 @@ def run(ctx: StageContext) -> dict:
                           hint="rerun the geometry stage")
     views = [frame_of[s] for s in stems]
     cameras = geometry.cameras.subset(views)
-    sizes = {s: (geometry.frames[frame_of[s]].w, geometry.frames[frame_of[s]].h) for s in stems}
-    images, masks = _load_photos(ctx, stems, sizes)
+    images, masks = _load_photos(ctx, [geometry.frames[v] for v in views])
     normal_targets = _load_normal_targets(ctx.input("normals"), stems)
 
     progress = lambda it, desc: ctx.progress(it, desc=desc, unit="photo")  # noqa: E731
@@ -236,13 +233,13 @@ def run(ctx: StageContext) -> dict:
     lights = PhotoLighting(len(stems), ambient_radiance=mean_linear_colour(surface) / 0.5).to(device)
     ckpt_dir = Path(ctx.checkpoints)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    result = train_material(field, lights, surface, _train_config(cfg), density=density,
+    result = train_material(field, lights, surface, from_section(MaterialTrainConfig, cfg), density=density,
                             checkpoint_path=ckpt_dir / "train.pt",
                             progress=lambda total: ctx.progress(total=total, desc="training", unit="step"))
 
     out = Path(ctx.out)
     file_paths = [geometry.frames[v].file_path for v in views]
-    lights.save(out / "lighting.json", file_paths)
+    lights.save(out / "lighting.json", out / "camera_response.json", file_paths)
     save_material(field, out)
     _plot_losses(out / "losses.png", result.curves)
     shadow_grid = density if cfg["shadows"] else None
@@ -250,13 +247,16 @@ def run(ctx: StageContext) -> dict:
     directions = lights.dominant_directions()
     sheet_views = np.linspace(0, len(stems) - 1, min(int(cfg["contact_sheet_photos"]), len(stems))).round().astype(int)
     for j in sorted(set(sheet_views.tolist())):
-        frame, photo, mask, target = _sheet_view(geometry.frames[views[j]], images[j], masks[j], normal_targets[j])
+        # contact-sheet tiles are shown small, and rendering large photos whole costs minutes
+        frame, photo, mask, target = shrink_view(geometry.frames[views[j]], SHEET_TILE_PX, images[j], masks[j],
+                                                 normal_targets[j])
         whole = surface_from_field(geometry.field, geometry.grid, Cameras.from_frames([frame]).to(device),
                                    geometry.step_size, [mask], [photo], [target], float(cfg["min_acc"]))
         tiles += photo_tiles(field, lights.coeffs.detach()[j], directions[j], whole, photo, shadow_grid,
                              int(cfg["shadow_steps"]), rotation=frame.c2w[:3, :3])
         labels += [f"{stems[j]} photo", "re-rendered", "albedo", "shading", "normals", "light"]
     write_png(out / "contact_sheet.png", contact_sheet(tiles, labels, columns=6))
+    _photo_notes(out, lights, stems, [geometry.frames[v] for v in views])
 
     total = time.perf_counter() - started
     last = {k: v[-1] for k, v in result.curves.items() if v}

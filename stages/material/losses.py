@@ -4,7 +4,6 @@ All take plain tensors and return a scalar; weights are applied by the training 
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.field.encodings import HashGridEncoding
 from stages.field.mlp import MLP
 

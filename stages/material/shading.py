@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from stages.common.colour import linear_to_srgb
 from stages.common.sh import COSINE_LOBE, sh_irradiance, sh_specular
 
 Y00 = 0.282095

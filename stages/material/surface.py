@@ -1,7 +1,7 @@
 """Where each photo's pixels meet the (frozen) surface: the only geometry the material stage needs.
 
     surface = surface_from_field(field, grid, cameras, step_size, masks, photos, normal_targets)
-    surface = surface_from_capture(capture_dir, "train")      # ground truth (ground_truth.py)
+    surface = surface_from_capture(capture_dir, "train")      # ground truth (bench/ground_truth.py)
 
 Geometry is fixed while the material trains, so every pixel's surface point is found once, up
 front: the expected depth of the geometry field's volume rendering along the pixel's ray. Pixels

@@ -1,6 +1,6 @@
 """The material stage's training loop: surface pixels + frozen geometry -> material field + lights.
 
-    result = train_material(field, lights, surface, MaterialTrainConfig(steps=1000),
+    result = train_material(field, lights, surface, from_section(MaterialTrainConfig, config["material"]),
                             density=density_grid, checkpoint_path=ctx.checkpoints / "material.pt")
 
 Each step draws a batch of surface pixels (surface.py: one known surface point per pixel), asks
@@ -22,7 +22,10 @@ from pathlib import Path
 import torch
 
 from stages.field.losses import psnr
-from stages.field.training import TrainResult, config_key, load_checkpoint, save_checkpoint
+from stages.field.checkpoints import (config_key, generator_state, load_checkpoint, restore_generator,
+                                      save_checkpoint)
+from stages.field.optim import adam
+from stages.field.training import TrainResult
 from stages.material.lighting import PhotoLighting, positivity_directions
 from stages.material.losses import (albedo_smoothness, colour_loss, light_positivity, normal_loss,
                                     normal_smoothness, specular_regulariser)
@@ -37,31 +40,32 @@ log = logging.getLogger("neroic")
 
 @dataclass
 class MaterialTrainConfig:
-    """Optimisation settings (the stage maps its config keys onto these). Weights are NeROIC's
-    where it has one (normal 5, smoothness 0.5, positivity 5)."""
+    """Optimisation settings. Fields named like [material] config keys take their values (and
+    defaults) from the config: build with `from_section(MaterialTrainConfig, config["material"])`."""
 
-    steps: int = 1000
-    batch_size: int = 8192
-    lr: float = 1e-2  # material field (hash table and MLP)
-    light_lr: float = 5e-2
-    lr_final_factor: float = 0.05  # cosine decay to lr * this at the last step
+    steps: int
+    batch_size: int
+    lr: float  # material field (hash table and MLP)
+    light_lr: float
+    lr_final_factor: float  # cosine decay to lr * this at the last step
+    normal_weight: float
+    smoothness_weight: float
+    albedo_smoothness_weight: float
+    specular_weight: float
+    positivity_weight: float
+    response_weight: float  # keeps the tone curves near gamma 1 and the lights' mean colour grey
+    coarse_to_fine: float  # share of the steps over which the hash levels are switched on
+    shadows: bool  # cast shadows from the density grid (needs `density`)
+    shadow_steps: int
+    checkpoint_every: int
+    max_seconds: float  # stop early after this much training time (0: no limit)
+    seed: int
     warmup_steps: int = 20  # linear ramp of the rates at the start
-    normal_weight: float = 5.0
-    smoothness_weight: float = 0.5
-    albedo_smoothness_weight: float = 0.0
     smoothness_fraction: float = 0.25  # share of the batch also queried at a jittered point
     smoothness_jitter: float = 0.01  # world units
-    specular_weight: float = 0.02
-    positivity_weight: float = 5.0
     positivity_directions: int = 128
-    coarse_to_fine: float = 0.5  # share of the steps over which the hash levels are switched on
     start_levels: int = 4  # hash levels in use at the first step
-    shadows: bool = True  # cast shadows from the density grid (needs `density`)
-    shadow_steps: int = 32
-    checkpoint_every: int = 500
-    max_seconds: float = 0.0  # stop early after this much training time (0: no limit)
     log_every: int = 10
-    seed: int = 0
 
 
 def _lr_factor(step: int, cfg: MaterialTrainConfig) -> float:
@@ -121,15 +125,14 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
     shadow_grid = density if cfg.shadows else None
     key = config_key(replace(cfg, max_seconds=0.0), {"field": field.config, "photos": len(lights), "pixels": len(surface),
                            "shadows": shadow_grid is not None})
-    optimizer = torch.optim.Adam([{"params": list(field.parameters()), "lr": cfg.lr},
-                                  {"params": list(lights.parameters()), "lr": cfg.light_lr}],
-                                 betas=(0.9, 0.99), eps=1e-15)
+    optimizer = adam([{"params": list(field.parameters()), "lr": cfg.lr},
+                      {"params": list(lights.parameters()), "lr": cfg.light_lr}], betas=(0.9, 0.99), eps=1e-15)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     sphere = positivity_directions(cfg.positivity_directions, device)
     names = ("step", "seconds", "loss", "colour", "normal", "smoothness", "albedo_smoothness", "specular", "positivity",
-             "psnr")
+             "response", "psnr")
     curves: dict[str, list[float]] = {k: [] for k in names}
     step, elapsed, resumed_from = 0, 0.0, 0
 
@@ -138,7 +141,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
         field.load_state_dict(state["field"])
         lights.load_state_dict(state["lights"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        restore_generator(generator, state["generator"], cfg.seed, int(state["step"]))
         step, elapsed = int(state["step"]), float(state["seconds"])
         curves = {k: list(v) for k, v in state["curves"].items()}
         resumed_from = step
@@ -149,7 +152,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             save_checkpoint(checkpoint_path, {
                 "config_key": key, "step": step, "seconds": elapsed, "field": field.state_dict(),
                 "lights": lights.state_dict(), "optimizer": optimizer.state_dict(), "curves": curves,
-                "generator": generator.get_state()})
+                "generator": generator_state(generator)})
 
     bar = progress(total=cfg.steps) if progress is not None else None
     if bar is not None:
@@ -167,10 +170,11 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             field.set_active_levels(_active_levels(step, cfg, field.encoding.n_levels))
             index = torch.randint(0, len(surface), (cfg.batch_size,), generator=generator, device=device)
             material, shading, _ = render_surface(field, lights, surface, index, shadow_grid, cfg.shadow_steps)
-            rendered = linear_to_srgb(shading.rgb)
+            rendered = linear_to_srgb(lights.respond(shading.rgb, surface.image[index]))
             target = surface.rgb[index]
             terms = {
                 "colour": colour_loss(rendered, target),
+                "response": lights.log_gamma.square().mean() + lights.neutrality(),
                 "normal": normal_loss(material.normal, surface.normals[index]),
                 "specular": specular_regulariser(material.specular, material.glossiness),
                 "positivity": light_positivity(lights.negative_radiance(sphere)),
@@ -182,7 +186,8 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             terms["albedo_smoothness"] = albedo_smoothness(material.albedo[:n_smooth], moved.albedo)
             loss = (terms["colour"] + cfg.normal_weight * terms["normal"] + cfg.smoothness_weight * terms["smoothness"]
                     + cfg.albedo_smoothness_weight * terms["albedo_smoothness"]
-                    + cfg.specular_weight * terms["specular"] + cfg.positivity_weight * terms["positivity"])
+                    + cfg.specular_weight * terms["specular"] + cfg.positivity_weight * terms["positivity"]
+                    + cfg.response_weight * terms["response"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

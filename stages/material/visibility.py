@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from stages.field.sampling import ray_aabb
-from stages.normals import sample_grid
+from stages.field.grids import sample_grid
 
 
 @dataclass
@@ -33,7 +33,7 @@ class DensityGrid:
 
     @staticmethod
     def load_npz(path, device: str | torch.device = "cpu") -> "DensityGrid":
-        """Read the normals stage's normal_grid.npz (its density, aabb_min, aabb_max)."""
+        """Read a density grid file (its density, aabb_min, aabb_max): geometry/density_grid.npz."""
         with np.load(path, allow_pickle=False) as data:
             return DensityGrid(torch.from_numpy(data["density"].astype(np.float32)).to(device),
                                torch.from_numpy(data["aabb_min"].astype(np.float32)).to(device),

@@ -29,6 +29,7 @@ Outputs  poses/transforms.json     OpenGL camera-to-world per frame in the world
                                    mask_path "../masks/<stem>.png", stem
          poses/points.ply          the object's sparse points (world frame) with colours; no
                                    points when the poses came from a transforms.json
+         poses/cameras.png         the cameras' frusta around those points (for the report)
          poses/sparse/             the COLMAP model (binary, all points) in the SfM (or given)
                                    frame; absent for a transforms.json import
          poses/normalization.json  {"world_from_sfm": 4x4 similarity (world <- SfM), "source":
@@ -59,8 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.context import StageContext
-from pipeline.errors import NeroicError
+from stages.context import StageContext
+from stages.errors import NeroicError
 from stages.common.cameras import Frame
 from stages.poses.colmap_model import Solution
 from stages.poses.importers import import_poses

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pycolmap
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.cameras import PERSPECTIVE_MODELS, Frame, c2w_from_w2c
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.cameras import Frame, frame_stem, read_transforms
 from stages.poses.colmap_model import Solution, frame_from_image, solution_of
 from stages.poses.photos import PhotoInput

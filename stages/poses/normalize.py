@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.cameras import Frame, project
 
 CARVE_RESOLUTION = 48  # voxels per side of each visual-hull pass

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 
 @dataclass

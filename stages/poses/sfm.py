@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.common.cameras import PERSPECTIVE_MODELS
 from stages.poses import database, learned
 from stages.poses.colmap_calls import colmap_log, interruptible

@@ -40,6 +40,7 @@ import open3d as o3d
 import torch
 from PIL import Image
 
+from stages.common.images import sample_bilinear
 from stages.common.colour import linear_to_srgb, srgb_to_linear
 from stages.common.sh import (
     ambient_sh,
@@ -50,7 +51,8 @@ from stages.common.sh import (
     write_lighting,
 )
 
-SPOT_DIR = Path(os.environ.get("NEROIC_SPOT_DIR", "/work/shared/data/spot"))
+# Keenan Crane's Spot (public domain, tests/data/spot); NEROIC_SPOT_DIR swaps in another texture.
+SPOT_DIR = Path(os.environ.get("NEROIC_SPOT_DIR", Path(__file__).resolve().parent.parent / "data" / "spot"))
 
 LIGHTING_MODES = ("ambient", "constant", "random")
 
@@ -131,16 +133,8 @@ def load_spot(spot_dir: Path = SPOT_DIR) -> SpotModel:
 
 
 def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup, clamped at the border: texture [Ht, Wt, C], uv [N, 2] (v up) -> [N, C]."""
-    h, w = texture.shape[:2]
-    x = np.clip(uv[:, 0] * w - 0.5, 0.0, w - 1.0)
-    y = np.clip((1.0 - uv[:, 1]) * h - 0.5, 0.0, h - 1.0)
-    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2)
-    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    top = texture[y0, x0] * (1 - fx) + texture[y0, x0 + 1] * fx
-    bottom = texture[y0 + 1, x0] * (1 - fx) + texture[y0 + 1, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
+    """Bilinear lookup of an OBJ texture [Ht, Wt, C] at OBJ UVs [N, 2] (v up) -> [N, C]."""
+    return sample_bilinear(texture, np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1))
 
 
 def look_at(position: np.ndarray, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 
 @dataclass

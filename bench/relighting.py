@@ -29,7 +29,7 @@ from torch import Tensor
 
 from stages.common.cameras import read_transforms
 from stages.common.sh import read_lighting, render_lit_sphere, sh_dominant_direction
-from stages.material.ground_truth import read_gt_albedo, surface_from_capture
+from bench.ground_truth import read_gt_albedo, surface_from_capture
 from stages.material.material_field import MaterialField
 from stages.common.colour import linear_to_srgb, srgb_to_linear
 from stages.material.shading import shade

@@ -1,0 +1,374 @@
+"""The pipeline on "online collection" captures, run as a user would and scored against their truth.
+
+    python -m bench.wild spot-wild-true     # spot-wild with its true cameras (rembg masks)
+    python -m bench.wild spot-wild          # spot-wild from the photos alone
+    python -m bench.wild dino               # Middlebury dino: poses against the calibration
+    python -m bench.wild ethiopian-head     # 66 real photos, light turning with the turntable
+    python -m bench.wild skull              # the shipped example, photos to GLB
+    python -m bench.wild CASE --out bench-runs/wild --set geometry.steps=400 ...
+
+Cases live in ../shared/data (see its README) and examples/. Every case runs `neroic run` with
+the shipped defaults (plus any --set), then scores what its truth allows; results go to
+OUT/CASE/metrics.json and pictures beside it.
+
+Poses (spot-wild, dino, ethiopian-head): photos posed, rotation and centre errors after a
+similarity fit of the camera centres (bench/poses_accuracy.py). ethiopian-head also plots the
+learned lights' dominant directions against the photo order (lights.png: they should turn with
+the turntable) and writes the albedo beside the photos (albedo.png). skull writes the GLB
+rendered from three photos' cameras beside the photos (views.png) and the geometry stage's
+held-out PSNR.
+
+spot-wild: Spot path-traced in six real environments, each photo its own camera, exposure and
+background; held-out cameras lit by two environments no photo saw, with those lights as order-2 SH.
+  masks     IoU of the masks stage's masks against the true coverage (mean, min)
+  relit     the held-out views rendered by the material stage under the true SH of their unseen
+            environment, against the photos (PSNR after one scale per colour channel, fitted over
+            all held-out pixels inside the true mask: albedo times light is all photos fix)
+  albedo    the material stage's albedo of those views against the true base colour (same fit)
+  glb       the exported GLB under the same lights (bench's ray caster, shadow rays towards each
+            light's dominant direction) against the photos (same fit); its texture sharpness as
+            the ratio of gradient energy (render / photo) inside the eroded true mask
+  chamfer   GLB to the true mesh, % of the true mesh's bounding-box diagonal (100k samples each way)
+  normals   median angle between the GLB's smooth surface normals and the true mesh's, over the
+            held-out pixels both cover
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+STAGES = ("ingest", "masks", "poses", "geometry", "normals", "material", "export")
+
+
+def run_neroic(photos: Path, out: Path, extra: list[str], overrides: list[str]) -> float:
+    """`neroic run` as a user runs it (a subprocess); returns the wall time in seconds."""
+    command = [sys.executable, "-m", "pipeline", "run", str(photos), "--out", str(out / "model.glb"),
+               "--workdir", str(out / "work"), "-q", *extra]
+    for item in overrides:
+        command += ["--set", item]
+    started = time.perf_counter()
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise SystemExit(f"neroic run failed with exit code {done.returncode}")
+    return time.perf_counter() - started
+
+
+def stage_costs(workdir: Path) -> dict:
+    costs = {}
+    for name in STAGES:
+        manifest = workdir / name / "manifest.json"
+        if manifest.exists():
+            m = json.loads(manifest.read_text())
+            costs[name] = {"seconds": round(m["seconds"], 1), "peak_rss_mb": m["peak_rss_mb"],
+                           "figure": m.get("summary", {}).get("figure", "")}
+    return costs
+
+
+def mask_iou(workdir: Path, true_masks: Path) -> dict:
+    """IoU of each usable mask against the true coverage (both at 0.5)."""
+    from stages.common.images import read_mask
+    from stages.common.inputs import MaskSet
+
+    masks = MaskSet.load(workdir / "masks")
+    ious = {}
+    for stem in sorted(masks.files):
+        truth = read_mask(true_masks / f"{stem}.png") >= 128
+        mine = masks.binary(stem, (truth.shape[1], truth.shape[0]))
+        ious[stem] = float((mine & truth).sum() / max((mine | truth).sum(), 1))
+    values = list(ious.values())
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "per_photo": ious}
+
+
+def true_surface(mesh, frame) -> tuple[np.ndarray, np.ndarray]:
+    """The true mesh seen by `frame`: hit [H, W] bool, smooth unit normals [H, W, 3]."""
+    import open3d as o3d
+
+    from stages.export.preview import pixel_rays
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)), o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+    origins, dirs = pixel_rays(frame)
+    hits = scene.cast_rays(o3d.core.Tensor(np.concatenate([origins, dirs], axis=1).astype(np.float32)))
+    hit = np.isfinite(hits["t_hit"].numpy())
+    normals = np.zeros((hit.size, 3))
+    face = hits["primitive_ids"].numpy()[hit].astype(np.int64)
+    uv = hits["primitive_uvs"].numpy()[hit].astype(np.float64)
+    bary = np.stack([1 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1)
+    n = np.einsum("nk,nkc->nc", bary, mesh.vertex_normals[mesh.faces[face]])
+    normals[hit] = n / np.linalg.norm(n, axis=1, keepdims=True)
+    return hit.reshape(frame.h, frame.w), normals.reshape(frame.h, frame.w, 3)
+
+
+def gradient_energy(image: np.ndarray, mask: np.ndarray) -> float:
+    """Mean squared finite-difference gradient of an image's luminance [H, W, 3] over mask [H, W]."""
+    lum = image @ np.array([0.2126, 0.7152, 0.0722])
+    gx, gy = np.zeros_like(lum), np.zeros_like(lum)
+    gx[:, :-1], gy[:-1] = np.diff(lum, axis=1), np.diff(lum, axis=0)
+    return float((gx ** 2 + gy ** 2)[mask].mean())
+
+
+def score_spot_wild(workdir: Path, data: Path, world_from_truth: np.ndarray | None = None) -> dict:
+    """The held-out scores of a finished spot-wild workdir (world_from_truth: a similarity [4, 4]
+    from the capture's frame to the workdir's, when the poses came from SfM)."""
+    from dataclasses import replace
+
+    import trimesh
+    from scipy.ndimage import binary_erosion
+
+    from bench.relighting import fit_channel_scale, srgb_psnr
+    from stages.common.cameras import read_transforms, transform_c2w
+    from stages.common.colour import srgb_to_linear
+    from stages.common.images import read_rgb
+    from stages.common.sh import read_lighting, rotate_sh
+    from stages.export.gltf import read_glb
+    from stages.export.mesh import chamfer_distance
+    from stages.export.preview import render_mesh_sh
+    from stages.render import Renderer, needed_stages
+
+    frames = read_transforms(data / "test_transforms.json")
+    lights = {Path(fp).stem: c for fp, c in read_lighting(data / "gt" / "lighting_test.json")}
+    truth_mesh = trimesh.load(data / "gt" / "mesh.ply", process=False)
+    scale = 1.0
+    if world_from_truth is not None:
+        rotation = world_from_truth[:3, :3] / np.cbrt(np.linalg.det(world_from_truth[:3, :3]))
+        scale = float(np.cbrt(np.linalg.det(world_from_truth[:3, :3])))
+        frames = [replace(f, c2w=transform_c2w(world_from_truth, f.c2w)) for f in frames]
+        lights = {k: rotate_sh(v, rotation) for k, v in lights.items()}
+        truth_mesh.apply_transform(world_from_truth)
+    kinds = ("rgb", "albedo")
+    renderer = Renderer({n: workdir / n for n in needed_stages(kinds, True, False)}, kinds, None, "cpu")
+    model = read_glb(workdir / "export" / "model.glb")
+    glb_mesh = trimesh.Trimesh(model.positions.astype(np.float64), model.faces, process=False)
+    columns = {k: [] for k in ("photo", "relit", "albedo", "true_albedo", "glb")}
+    angles, sharp_glb, sharp_photo, sheet = [], [], [], []
+    for frame in frames:
+        rgba = read_rgb(data / frame.file_path) / 255.0
+        with Image.open(data / frame.file_path) as im:
+            alpha = np.asarray(im.convert("RGBA"))[..., 3] / 255.0
+        inside = alpha > 0.5
+        photo = srgb_to_linear(rgba)
+        renderer.light = torch.as_tensor(lights[frame.stem], dtype=torch.float32)
+        pictures = renderer.render(frame)
+        relit = srgb_to_linear(pictures["rgb"][..., :3] / 255.0)
+        albedo = srgb_to_linear(pictures["albedo"][..., :3] / 255.0)
+        true_albedo = srgb_to_linear(read_rgb(data / "gt" / "albedo" / Path(frame.file_path).name) / 255.0)
+        glb, _ = render_mesh_sh(model, frame, lights[frame.stem], shadows=True)
+        for name, image in (("photo", photo), ("relit", relit), ("albedo", albedo), ("true_albedo", true_albedo),
+                            ("glb", glb)):
+            columns[name].append(torch.from_numpy(np.ascontiguousarray(image[inside])).double())
+        hit_true, n_true = true_surface(truth_mesh, frame)
+        hit_glb, n_glb = true_surface(glb_mesh, frame)
+        both = hit_true & hit_glb & inside
+        angles.append(np.degrees(np.arccos(np.clip((n_true[both] * n_glb[both]).sum(-1), -1, 1))))
+        core = binary_erosion(inside, iterations=3)
+        sharp_glb.append(gradient_energy(glb, core))
+        sharp_photo.append(gradient_energy(photo, core))
+        sheet.append((rgba, relit, albedo, true_albedo, glb, inside))
+    cat = {k: torch.cat(v) for k, v in columns.items()}
+    relit_scale = fit_channel_scale(cat["relit"], cat["photo"])
+    albedo_scale = fit_channel_scale(cat["albedo"], cat["true_albedo"])
+    glb_scale = fit_channel_scale(cat["glb"], cat["photo"])
+    diagonal = float(np.linalg.norm(truth_mesh.bounds[1] - truth_mesh.bounds[0]))
+    _write_sheet(workdir.parent / "heldout.png", sheet, relit_scale, albedo_scale, glb_scale)
+    return {
+        "relit_psnr": srgb_psnr(cat["relit"] * relit_scale, cat["photo"]),
+        "albedo_psnr": srgb_psnr(cat["albedo"] * albedo_scale, cat["true_albedo"]),
+        "glb_relit_psnr": srgb_psnr(cat["glb"] * glb_scale, cat["photo"]),
+        "glb_sharpness": float(np.mean(sharp_glb) / np.mean(sharp_photo)),
+        "chamfer_percent_of_diagonal": 100.0 * chamfer_distance(glb_mesh, truth_mesh) / diagonal,
+        "normal_angle_median_deg": float(np.median(np.concatenate(angles))),
+        "glb_faces": int(len(model.faces)), "units_per_truth_unit": scale,
+    }
+
+
+def _write_sheet(path: Path, rows, relit_scale, albedo_scale, glb_scale) -> None:
+    """photo | relit | albedo | true albedo | GLB relit, one row per held-out view (sRGB)."""
+    from stages.common.colour import linear_to_srgb
+    from stages.common.images import write_png
+
+    lines = []
+    for photo, relit, albedo, true_albedo, glb, inside in rows:
+        tiles = [photo, linear_to_srgb(relit * relit_scale.numpy()), linear_to_srgb(albedo * albedo_scale.numpy()),
+                 linear_to_srgb(true_albedo), linear_to_srgb(glb * glb_scale.numpy())]
+        tiles = [np.clip(t, 0, 1) * (inside[..., None] if k else 1.0) for k, t in enumerate(tiles)]
+        lines.append(np.concatenate(tiles, axis=1))
+    width = max(line.shape[1] for line in lines)
+    lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))) for line in lines]
+    write_png(path, (np.concatenate(lines, axis=0) * 255).round().astype(np.uint8))
+
+
+def spot_wild_true(out: Path, overrides: list[str]) -> dict:
+    data = SHARED / "spot-wild"
+    seconds = run_neroic(data / "images", out, ["--poses", str(data / "transforms.json")], overrides)
+    workdir = out / "work"
+    return {"wall_seconds": round(seconds, 1), "costs": stage_costs(workdir),
+            "masks": {k: v for k, v in mask_iou(workdir, data / "gt" / "masks").items() if k != "per_photo"},
+            "heldout": score_spot_wild(workdir, data)}
+
+
+def spot_wild(out: Path, overrides: list[str]) -> dict:
+    """From the photos alone: poses and masks scored; held-out views scored in the workdir's frame
+    (the truth mapped there by the similarity of the camera centres) when enough photos are posed."""
+    from bench.poses_accuracy import robust_similarity, score_workdir
+    from stages.common.cameras import read_transforms
+
+    data = SHARED / "spot-wild"
+    try:
+        seconds = run_neroic(data / "images", out, [], overrides)
+    except SystemExit as failure:  # too few registered is a clear message, and a result to report
+        return {"failed": str(failure), "costs": stage_costs(out / "work")}
+    workdir = out / "work"
+    poses = score_workdir(workdir, data / "transforms.json")
+    result = {"wall_seconds": round(seconds, 1), "costs": stage_costs(workdir),
+              "poses": {k: v for k, v in poses.items() if k != "per_photo"},
+              "masks": {k: v for k, v in mask_iou(workdir, data / "gt" / "masks").items() if k != "per_photo"}}
+    mine = {f.stem: f for f in read_transforms(workdir / "poses" / "transforms.json", roots=[workdir])}
+    truth = {f.stem: f for f in read_transforms(data / "transforms.json")}
+    common = sorted(set(mine) & set(truth))
+    if len(common) >= 3:
+        T, _ = robust_similarity(np.array([truth[s].centre for s in common]), np.array([mine[s].centre for s in common]))
+        result["heldout"] = score_spot_wild(workdir, data, world_from_truth=T)
+    return result
+
+
+def dino(out: Path, overrides: list[str]) -> dict:
+    from bench.poses_accuracy import score_workdir
+
+    data = SHARED / "dino"
+    photos = out / "photos"
+    if not photos.exists():  # the photos only (the folder also holds the calibration files)
+        photos.mkdir(parents=True)
+        for p in sorted(data.glob("*.png")):
+            (photos / p.name).symlink_to(p.resolve())
+    seconds = run_neroic(photos, out, ["--until", "poses"], overrides)
+    result = score_workdir(out / "work", data / "dinoSR_par.txt")
+    return {"wall_seconds": round(seconds, 1), "costs": stage_costs(out / "work"),
+            "poses": {k: v for k, v in result.items() if k != "per_photo"}}
+
+
+def ethiopian_head(out: Path, overrides: list[str]) -> dict:
+    from bench.poses_accuracy import score_workdir
+
+    data = SHARED / "ethiopian_head"
+    seconds = run_neroic(data / "images", out, [], overrides)
+    workdir = out / "work"
+    poses = score_workdir(workdir, data / "poses_bounds.npy")
+    turning = _plot_light_directions(workdir, out / "lights.png")
+    _albedo_sheet(workdir, out / "albedo.png")
+    return {"wall_seconds": round(seconds, 1), "costs": stage_costs(workdir),
+            "poses": {k: v for k, v in poses.items() if k != "per_photo"}, "lights": turning}
+
+
+def skull(out: Path, overrides: list[str]) -> dict:
+    examples = Path(__file__).resolve().parent.parent / "examples" / "skull" / "images"
+    seconds = run_neroic(examples, out, [], overrides)
+    workdir = out / "work"
+    geometry = json.loads((workdir / "geometry" / "metrics.json").read_text())
+    sharp = _glb_views(workdir, out / "views.png")
+    return {"wall_seconds": round(seconds, 1), "costs": stage_costs(workdir),
+            "geometry": {k: geometry[k] for k in ("heldout_psnr_masked", "steps", "train_seconds")},
+            "glb_sharpness": sharp}
+
+
+def _plot_light_directions(workdir: Path, path: Path) -> dict:
+    """The learned lights' dominant directions (azimuth about +Y, elevation) against the photos'
+    order; returns how far the azimuth turns over the set and how smoothly (median step)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stages.common.sh import read_lighting, sh_dominant_direction
+
+    lights = sorted(read_lighting(workdir / "material" / "lighting.json"), key=lambda e: Path(e[0]).stem)
+    dirs = np.stack([sh_dominant_direction(c) for _, c in lights])
+    azimuth = np.degrees(np.unwrap(np.arctan2(dirs[:, 0], dirs[:, 2])))
+    elevation = np.degrees(np.arcsin(np.clip(dirs[:, 1], -1, 1)))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(azimuth, "o-", label="azimuth about +Y (deg, unwrapped)")
+    ax.plot(elevation, "s-", label="elevation (deg)")
+    ax.set(xlabel="photo (file-name order)", ylabel="degrees", title="learned lights' dominant directions")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    steps = np.abs(np.diff(azimuth))
+    return {"azimuth_span_deg": float(azimuth.max() - azimuth.min()), "median_step_deg": float(np.median(steps)),
+            "elevation_median_deg": float(np.median(elevation))}
+
+
+def _albedo_sheet(workdir: Path, path: Path, views: int = 4) -> None:
+    """A few training photos beside the model's albedo seen from the same cameras."""
+    from stages.common.cameras import read_transforms
+    from stages.common.images import read_rgb, shrink_view, write_png
+    from stages.common.sheets import contact_sheet
+    from stages.render import Renderer, needed_stages
+
+    frames = read_transforms(workdir / "geometry" / "cameras.json", roots=[workdir])
+    kinds = ("albedo",)
+    renderer = Renderer({n: workdir / n for n in needed_stages(kinds, False, False)}, kinds, None, "cpu")
+    tiles, labels = [], []
+    for k in np.linspace(0, len(frames) - 1, views).round().astype(int):
+        frame, photo = shrink_view(frames[k], 320, read_rgb(workdir / "ingest" / "images" / f"{frames[k].stem}.png"))
+        albedo = renderer.render(frame)["albedo"]
+        tiles += [photo, albedo[..., :3]]
+        labels += [frame.stem, "albedo"]
+    write_png(path, contact_sheet(tiles, labels, tile_height=240, columns=4))
+
+
+def _glb_views(workdir: Path, path: Path, views: int = 3) -> float:
+    """The exported GLB ray cast from three photos' cameras under each photo's learned light,
+    beside the photos; returns the renders' gradient energy relative to the photos'."""
+    from stages.common.cameras import read_transforms
+    from stages.common.colour import linear_to_srgb
+    from stages.common.images import read_rgb, shrink_view, write_png
+    from stages.common.sheets import contact_sheet
+    from stages.common.sh import read_lighting
+    from stages.export.gltf import read_glb
+    from stages.export.preview import render_mesh_sh
+
+    frames = {f.stem: f for f in read_transforms(workdir / "geometry" / "cameras.json", roots=[workdir])}
+    lights = {Path(fp).stem: c for fp, c in read_lighting(workdir / "material" / "lighting.json")}
+    stems = [s for s in frames if s in lights]
+    model = read_glb(workdir / "export" / "model.glb")
+    tiles, labels, energy = [], [], []
+    for stem in [stems[k] for k in np.linspace(0, len(stems) - 1, views).round().astype(int)]:
+        frame, photo = shrink_view(frames[stem], 512, read_rgb(workdir / "ingest" / "images" / f"{stem}.png"))
+        rgb, alpha = render_mesh_sh(model, frame, lights[stem])
+        render = (np.clip(linear_to_srgb(rgb), 0, 1) * alpha[..., None] * 255).round().astype(np.uint8)
+        tiles += [photo, render]
+        labels += [stem, "GLB, its light"]
+        inside = alpha > 0.99
+        energy.append((gradient_energy(render / 255.0, inside), gradient_energy(photo / 255.0, inside)))
+    write_png(path, contact_sheet(tiles, labels, tile_height=360, columns=2))
+    return float(np.mean([e[0] for e in energy]) / np.mean([e[1] for e in energy]))
+
+
+CASES = {"spot-wild-true": spot_wild_true, "spot-wild": spot_wild, "dino": dino, "ethiopian-head": ethiopian_head,
+         "skull": skull}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("--out", type=Path, default=Path("bench-runs/wild"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+    out = args.out / args.case
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = CASES[args.case](out, args.overrides)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+
+
+if __name__ == "__main__":
+    main()

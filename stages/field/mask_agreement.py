@@ -1,0 +1,92 @@
+"""Masks checked against each other: a photo's object cannot reach outside what the other photos'
+visual hull allows.
+
+    silhouette = hull_silhouette(hull, aabb_min, aabb_max, cameras, view)     # [H, W] bool
+    repaired, verdicts = agree_masks(masks, silhouettes, editable)
+
+Background removal on a cluttered or bright background often keeps a piece of it (a patch of
+sky, a railing) attached to the object. The visual hull carved with a tolerance of a few
+disagreeing photos does not contain such a piece (the other photos see empty space there), so its
+silhouette in that photo shows what to cut away. Only extra pixels are removed: a hole in a mask
+cannot be filled from the hull (the hull is larger than the object). A mask the hull disagrees
+with wholesale (most of it cut, or most of the hull's silhouette left uncovered) is no repair
+job: that photo shows something else (another object, an occluder, a wrong camera) and is left
+out of training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.ndimage import binary_dilation
+from torch import Tensor
+
+from stages.field.rays import Cameras
+
+MARGIN_PX = 3  # pixels kept beyond the hull's silhouette (pose and mask edge slack)
+MIN_CHANGE = 0.005  # a repair must remove at least this fraction of the mask to count
+MAX_CUT = 0.35  # removing more than this fraction of a mask means the photo disagrees wholesale
+MIN_RELATIVE_IOU = 0.5  # nor may its overlap with the silhouette (IoU) fall below this share of the median
+
+
+@dataclass
+class MaskVerdict:
+    """What the hull said of one photo's mask: "agrees", "repaired" (`removed` of its pixels cut)
+    or "dropped" (the photo disagrees wholesale; `why` says how); `iou` of mask and silhouette."""
+
+    status: str
+    removed: float = 0.0
+    iou: float = 1.0
+    why: str = ""
+
+
+def hull_silhouette(hull: Tensor, aabb_min: Tensor, aabb_max: Tensor, cameras: Cameras, view: int) -> np.ndarray:
+    """[H, W] bool: the pixels of camera `view` onto which some hull cell projects (each cell
+    splatted as a disc of its projected half-diagonal)."""
+    g = hull.shape[0]
+    cell = (aabb_max - aabb_min) / g
+    centres = aabb_min + (hull.nonzero().float() + 0.5) * cell
+    pix, depth = cameras.project(centres, view)
+    w, h = (int(v) for v in cameras.size[view].tolist())
+    front = depth > 1e-6
+    pix, depth = pix[front], depth[front]
+    col, row = pix[:, 0].floor().long(), pix[:, 1].floor().long()
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    image = torch.zeros(h * w, dtype=torch.bool, device=hull.device)
+    image[row[inside] * w + col[inside]] = True
+    radius = 0.5 * float(cell.norm()) * float(cameras.intrinsics[view, :2].max()) / float(depth.min()) if len(depth) else 0
+    disc = int(np.ceil(radius))
+    silhouette = image.view(h, w).cpu().numpy()
+    if disc > 0:
+        yy, xx = np.mgrid[-disc:disc + 1, -disc:disc + 1]
+        silhouette = binary_dilation(silhouette, structure=xx ** 2 + yy ** 2 <= disc ** 2)
+    return silhouette
+
+
+def agree_masks(masks: list[np.ndarray], silhouettes: list[np.ndarray],
+                editable: list[bool]) -> tuple[list[np.ndarray], list[MaskVerdict]]:
+    """Each mask [H, W] bool against its hull silhouette: repaired masks and a verdict per photo.
+    Masks the user gave (editable False) are trusted as they are."""
+    repaired, verdicts = [], []
+    ious = [float((m & sil).sum()) / max(int((m | sil).sum()), 1) for m, sil in zip(masks, silhouettes)]
+    typical = float(np.median(ious))
+    for mask, silhouette, may_edit, iou in zip(masks, silhouettes, editable, ious):
+        allowed = binary_dilation(silhouette, iterations=MARGIN_PX)
+        removed = float((mask & ~allowed).sum()) / max(int(mask.sum()), 1)
+        if not may_edit:
+            repaired.append(mask)
+            verdicts.append(MaskVerdict("agrees", 0.0, iou, "given by the user"))
+        elif removed > MAX_CUT or iou < MIN_RELATIVE_IOU * typical:
+            repaired.append(mask)
+            why = (f"{100 * removed:.0f}% of its mask lies outside the other photos' visual hull" if removed > MAX_CUT
+                   else f"its mask overlaps where the other photos put the object {iou:.2f} (IoU; typical {typical:.2f})")
+            verdicts.append(MaskVerdict("dropped", removed, iou, why + ": another object, an occluder, or a wrong camera?"))
+        elif removed > MIN_CHANGE:
+            repaired.append(mask & allowed)
+            verdicts.append(MaskVerdict("repaired", removed, iou,
+                                        f"cut {100 * removed:.1f}% of its mask that lay outside the other photos' visual hull"))
+        else:
+            repaired.append(mask)
+            verdicts.append(MaskVerdict("agrees", removed, iou))
+    return repaired, verdicts
