@@ -197,6 +197,9 @@ def test_a_photo_without_a_camera_is_named_with_why(tmp_path, caplog):
     assert "1 photo(s) got no camera" in warnings[0] and "zz_noise.jpg (no verified matches" in warnings[0]
     norm = json.loads((out / "normalization.json").read_text())
     assert norm["unregistered"] == ["zz_noise"] and "no verified matches" in norm["unregistered_why"]["zz_noise"]
+    notes = json.loads((out / "photo_notes.json").read_text())["rows"]  # the report's per-photo table
+    assert notes["zz_noise"]["dropped"].startswith("no camera: no verified matches")
+    assert notes["kermit000"]["camera group"] == "1 of 1: no EXIF (12 photos)"  # no EXIF, one size: one camera
 
 
 def test_fewer_than_three_registered_is_an_error(tmp_path):
@@ -617,7 +620,7 @@ def test_middlebury_cameras_project_as_calibrated():
 
 
 def test_mask_agreement_flags_a_misplaced_camera():
-    from stages.poses.normalize import mask_agreement
+    from stages.poses.normalize import points_in_silhouettes
 
     center, radius = np.array([0.2, 0.1, -0.3]), 0.8
     views = sphere_views(center, radius)
@@ -625,11 +628,11 @@ def test_mask_agreement_flags_a_misplaced_camera():
     silhouettes = [silhouette_with_slack(mask >= 128) for _, _, mask in views]
     d = np.random.default_rng(2).normal(size=(300, 3))
     points = center + 0.95 * radius * d / np.linalg.norm(d, axis=1, keepdims=True)
-    assert mask_agreement(points, frames, silhouettes).min() > 0.99
+    assert points_in_silhouettes(points, frames, silhouettes).min() > 0.99
     turned = np.eye(4)
     turned[:3, :3] = trimesh.transformations.rotation_matrix(np.radians(12.0), [0, 1, 0])[:3, :3]
     frames[5] = replace(frames[5], c2w=frames[5].c2w @ turned)  # looks 12 degrees beside the object
-    agreement = mask_agreement(points, frames, silhouettes)
+    agreement = points_in_silhouettes(points, frames, silhouettes)
     assert agreement[5] < 0.5 and np.delete(agreement, 5).min() > 0.99
 
 

@@ -60,10 +60,14 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common.cameras import Frame
+from stages.common.notes import write_photo_notes
 from stages.context import StageContext
 from stages.errors import NeroicError
-from stages.common.cameras import Frame
+from stages.poses import learned
+from stages.poses.camera_groups import camera_groups, group_labels
 from stages.poses.colmap_model import Solution
+from stages.poses.diagnosis import too_few_registered, unposed_reasons
 from stages.poses.importers import import_poses
 from stages.poses.normalize import (
     bounds_from_masks,
@@ -74,8 +78,6 @@ from stages.poses.normalize import (
 )
 from stages.poses.outputs import write_outputs
 from stages.poses.photos import PhotoInput, load_photos, read_mask
-from stages.poses import learned
-from stages.poses.diagnosis import too_few_registered, unposed_reasons
 from stages.poses.sfm import AUTO_LEARNED, run_sfm
 
 MIN_POINTS_FOR_BOUNDS = 20  # fewer sparse points than this: bounds from the masks instead
@@ -111,7 +113,8 @@ def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: in
         ctx.log.warning("%d photo(s) got no camera and are left out: %s", len(reasons),
                         "; ".join(f"{names[stem]} ({why})" for stem, why in reasons.items()))
     return result.solution, {"source": "colmap", "frames_without_photo": [], "features": result.features,
-                             "attempts": result.attempts, "unregistered_why": reasons}
+                             "attempts": result.attempts, "unregistered_why": reasons,
+                             "camera_groups": group_labels(camera_groups(usable, bool(cfg["shared_camera"])))}
 
 
 def _place(ctx: StageContext, solution: Solution, source: str, frames: list[Frame],
@@ -158,6 +161,12 @@ def run(ctx: StageContext) -> dict:
     unregistered = [p.stem for p in photos if p.stem not in solution.frames]
     excluded = [p.stem for p in photos if not p.usable]
     error = solution.mean_reproj_error
+    notes = {stem: {"camera group": label} for stem, label in how.get("camera_groups", {}).items()}
+    for stem in unregistered:
+        if stem not in excluded:
+            notes[stem] = {"dropped": "no camera: " + how.get("unregistered_why", {}).get(
+                stem, f"no camera for it in {Path(ctx.sources.poses or '').name}")}
+    write_photo_notes(ctx.out, notes)
     write_outputs(ctx.out, frames, solution.camera_model, solution.points[keep], solution.colors[keep], T, {
         **how, **record, "registered": registered, "unregistered": unregistered, "excluded": excluded,
         "mean_reprojection_error": error,

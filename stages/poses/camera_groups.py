@@ -54,6 +54,16 @@ def group_camera_model(group: list[PhotoInput], camera_model: str) -> str:
     return WITHOUT_DISTORTION.get(camera_model, camera_model) if len(group) == 1 else camera_model
 
 
+def group_labels(groups: list[list[PhotoInput]]) -> dict[str, str]:
+    """stem -> its camera group in words, for the report's per-photo table."""
+    labels = {}
+    for number, group in enumerate(groups, 1):
+        what = (group[0].camera or "no EXIF") + (f", f={group[0].focal_px:.0f} px" if group[0].focal_px else "")
+        label = f"{number} of {len(groups)}: {what}" + (f" ({len(group)} photos)" if len(group) > 1 else ", its own")
+        labels.update({p.stem: label for p in group})
+    return labels
+
+
 def describe(groups: list[list[PhotoInput]]) -> str:
     """'3 cameras: Canon EOS 600D 1200 px (40 photos), ...' for the log."""
     parts = [f"{g[0].camera or 'no EXIF'}" + (f" f={g[0].focal_px:.0f} px" if g[0].focal_px else "")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pycolmap
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Why photos got no camera, in words a user can act on, from the verified matches of each pair."""
 from __future__ import annotations
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 from stages.poses.photos import PhotoInput
 
 MIN_VERIFIED = 15  # verified matches for a pair to count as matched (COLMAP's min_num_matches)

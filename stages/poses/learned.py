@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import NeroicError
+from stages.errors import NeroicError
 
 KINDS = ("xfeat", "aliked", "disk")
 CROP_MARGIN = 0.08  # of the mask box's longer side, added on each side of the crop

@@ -22,6 +22,7 @@ import numpy as np
 import pycolmap
 from PIL import Image, ImageFilter
 
+from stages.common.images import read_rgb
 from stages.poses import database, learned
 from stages.poses.camera_groups import camera_groups, describe
 from stages.poses.photos import PhotoInput, read_mask
@@ -89,9 +90,7 @@ def learned_features_and_matches(kind: str, photos: list[PhotoInput], threshold:
     size = int(cfg["feature_size"])
     regions = []
     for photo in photos:
-        with Image.open(photo.image) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        regions.append((rgb, feature_region(photo, threshold, int(cfg["mask_dilation"])),
+        regions.append((read_rgb(photo.image), feature_region(photo, threshold, int(cfg["mask_dilation"])),
                         feature_region(photo, threshold, -int(cfg["edge_margin"]))))
     if cfg["upright"] == "auto":  # each photo at 8 turns, small and quick, to find a common up
         turned = [[learned.extract(model, rgb, region, size // 2, inside, angle, SEARCH_KEYPOINTS).descriptors

@@ -154,7 +154,7 @@ def object_points(points: np.ndarray, track_lengths: np.ndarray, frames: list[Fr
     return keep & (outside <= MAX_OUTSIDE * seen)
 
 
-def mask_agreement(points: np.ndarray, frames: list[Frame], silhouettes: list[np.ndarray]) -> np.ndarray:
+def points_in_silhouettes(points: np.ndarray, frames: list[Frame], silhouettes: list[np.ndarray]) -> np.ndarray:
     """[F] for each frame, the fraction of the object's points [N, 3] that land inside its
     silhouette (`silhouette_with_slack`; a point off the image or behind the camera counts as
     outside). The object lies inside every silhouette, so a right camera scores near 1 whichever

@@ -24,7 +24,7 @@ from stages.poses import database, learned
 from stages.poses.colmap_calls import colmap_log, interruptible
 from stages.poses.colmap_model import Solution, frame_from_image, solution_of
 from stages.poses.matching import extract_and_match
-from stages.poses.normalize import mask_agreement, silhouette_with_slack
+from stages.poses.normalize import points_in_silhouettes, silhouette_with_slack
 from stages.poses.photos import PhotoInput, read_mask
 
 MAPPERS = ("incremental", "global")
@@ -184,7 +184,7 @@ def check_against_masks(model, photos: list[PhotoInput], threshold: int, log: lo
     images = [model.image(i) for i in ids]
     frames = [frame_from_image(im, model.camera(im.camera_id), im.name) for im in images]
     silhouettes = [silhouette_with_slack(read_mask(by_name[im.name], threshold)) for im in images]
-    agreement = mask_agreement(xyz, frames, silhouettes)
+    agreement = points_in_silhouettes(xyz, frames, silhouettes)
     if np.median(agreement) < MODEL_MIN_AGREEMENT:
         log.warning("%s: rejecting a model of %d photos whose points fall outside the masks (%.0f %% inside in "
                     "the median photo): false matches", kind, len(ids), 100 * np.median(agreement))
