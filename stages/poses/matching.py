@@ -30,7 +30,7 @@ from stages.poses.colmap_calls import interruptible
 from stages.poses.pairs import similar_pairs, similarity, upright_turns
 
 MIN_LEARNED_MATCHES = 15  # LightGlue matches below this are not worth verifying
-SEARCH_ANGLES = tuple(range(0, 360, 45))  # turns tried to find a common up (XFeat copes with +-22.5)
+SEARCH_ANGLES = (0, 90, 180, 270)  # turns tried to find a common up
 SEARCH_KEYPOINTS = 256  # per photo and turn, at half the feature size: enough to rank photo pairs
 
 
@@ -92,7 +92,7 @@ def learned_features_and_matches(kind: str, photos: list[PhotoInput], threshold:
     for photo in photos:
         regions.append((read_rgb(photo.image), feature_region(photo, threshold, int(cfg["mask_dilation"])),
                         feature_region(photo, threshold, -int(cfg["edge_margin"]))))
-    if cfg["upright"] == "auto":  # each photo at 8 turns, small and quick, to find a common up
+    if cfg["upright"] == "auto":  # each photo at 4 turns, small and quick, to find a common up
         turned = [[learned.extract(model, rgb, region, size // 2, inside, angle, SEARCH_KEYPOINTS).descriptors
                    for angle in SEARCH_ANGLES]
                   for rgb, region, inside in progress(regions, desc=f"{kind} orientations", unit="photo")]

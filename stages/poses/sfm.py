@@ -168,41 +168,57 @@ def _adjust(reconstruction, refine_distortion: bool) -> None:
     interruptible("bundle adjustment", adjuster.solve)
 
 
-def check_against_masks(model, photos: list[PhotoInput], threshold: int, log: logging.Logger,
-                        kind: str) -> tuple["pycolmap.Reconstruction | None", dict[str, float]]:
-    """The model with the cameras that contradict their masks removed (and those cameras' image
-    names with their agreement), or None when the whole model contradicts the masks (false
-    matches can build a consistent but wrong model: on a rendered capture, a depth-reversed one
-    with a fine reprojection error)."""
+@dataclass
+class Attempt:
+    """What one kind of features achieved."""
+
+    kind: str
+    model: "pycolmap.Reconstruction | None"
+    pair_inliers: dict[tuple[str, str], int]  # verified matches per pair (image names)
+    misplaced: dict[str, float] = field(default_factory=dict)  # image name -> mask agreement, dropped
+    rejected: str = ""  # why the mapper's model was rejected, "" if it was not
+
+    @property
+    def registered(self) -> int:
+        return self.model.num_reg_images() if self.model is not None else 0
+
+    def summary(self, total: int) -> str:
+        return f"{self.kind}: {self.registered}/{total} registered" + (f" ({self.rejected})" if self.rejected else "")
+
+
+def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int, log: logging.Logger) -> None:
+    """Remove from `found.model` the cameras that contradict their masks (noted in `misplaced`),
+    or reject the whole model when it contradicts the masks (false matches can build a
+    consistent but wrong model: on a rendered capture, a depth-reversed one with a fine
+    reprojection error)."""
+    model = found.model
     by_name = {p.image_rel: p for p in photos}
     points = [p for p in model.points3D.values()]
     if not points:
-        return model, {}
+        return
     tracks = np.array([p.track.length() for p in points])
     xyz = np.array([p.xyz for p in points])[tracks >= 3 if (tracks >= 3).sum() >= 20 else slice(None)]
-    ids = list(model.reg_image_ids())
-    images = [model.image(i) for i in ids]
+    images = [model.image(i) for i in model.reg_image_ids()]
     frames = [frame_from_image(im, model.camera(im.camera_id), im.name) for im in images]
     silhouettes = [silhouette_with_slack(read_mask(by_name[im.name], threshold)) for im in images]
     agreement = points_in_silhouettes(xyz, frames, silhouettes)
     if np.median(agreement) < MODEL_MIN_AGREEMENT:
-        log.warning("%s: rejecting a model of %d photos whose points fall outside the masks (%.0f %% inside in "
-                    "the median photo): false matches", kind, len(ids), 100 * np.median(agreement))
-        return None, {}
-    misplaced = {}
+        found.rejected = (f"its model of {len(images)} photos was rejected: its points fall outside the masks "
+                          f"({100 * np.median(agreement):.0f} % inside in the median photo), false matches")
+        log.warning("%s: %s", found.kind, found.rejected)
+        found.model = None
+        return
     for image, score in zip(images, agreement):
         if score < CAMERA_MIN_AGREEMENT:
-            misplaced[image.name] = float(score)
+            found.misplaced[image.name] = float(score)
             model.deregister_frame(image.frame_id)
-    if misplaced:
+    if found.misplaced:
         refine(model)
-    return model, misplaced
 
 
 def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
-            log: logging.Logger, progress, device: str):
-    """Features, matches, the mapper and the masks' check with one kind of features: (model or
-    None, cameras dropped for contradicting their masks, verified matches per pair)."""
+            log: logging.Logger, progress, device: str) -> Attempt:
+    """Features, matches, the mapper and the masks' check with one kind of features."""
     folder = work / kind
     folder.mkdir(parents=True, exist_ok=True)
     with colmap_log(folder / "log", log):
@@ -214,34 +230,34 @@ def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, c
             (folder / MATCHED_MARK).write_text("features and matches complete\n")
         with progress(total=len(photos), desc=f"registering photos ({kind})", unit="photo") as bar:
             model = map_photos(ingest, cfg, folder, log, bar)
-    misplaced = {}
+    found = Attempt(kind, model, database.pair_inliers(folder / "database.db"))
     if model is not None:
-        model, misplaced = check_against_masks(model, photos, threshold, log, kind)
-    return model, misplaced, database.pair_inliers(folder / "database.db")
+        check_against_masks(found, photos, threshold, log)
+    return found
 
 
 def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
             log: logging.Logger, progress, device: str = "cpu") -> SfmResult:
     """Cameras and points in COLMAP's (arbitrary) SfM frame, from the first kind of features that
-    registers every photo, else from the kind that registered the most."""
+    registers every photo, else from the kind that registered the most (when none did, the
+    matches reported are those of the kind that verified the most pairs)."""
     check_config(cfg)
     if cfg["shared_camera"] and len({(p.width, p.height) for p in photos}) > 1:
         raise NeroicError("poses.shared_camera needs photos of one size, but these differ",
                           hint="use --set poses.shared_camera=false (cameras grouped by EXIF)")
-    best, result = None, SfmResult(solution=None, features="")
+    tried: list[Attempt] = []
     for kind in feature_order(cfg["features"], log):
-        model, misplaced, inliers = attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device)
-        registered = model.num_reg_images() if model is not None else 0
-        result.attempts.append(f"{kind}: {registered}/{len(photos)} registered")
-        log.info("%s features: %d of %d photos registered", kind, registered, len(photos))
-        if best is None or registered > best.num_reg_images():
-            best, result.features, result.pair_inliers, result.misplaced = model, kind, inliers, misplaced
-        if best is not None and best.num_reg_images() == len(photos):
+        tried.append(attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device))
+        log.info("%s", tried[-1].summary(len(photos)))
+        if tried[-1].registered == len(photos):
             break
-    if best is None or best.num_reg_images() == 0:
+    best = max(tried, key=lambda a: (a.registered, len(a.pair_inliers)))
+    result = SfmResult(solution=None, features=best.kind, pair_inliers=best.pair_inliers, misplaced=best.misplaced,
+                       attempts=[a.summary(len(photos)) for a in tried])
+    if best.registered == 0:
         return result
-    stems = {p.image_rel: p.stem for p in photos}
-    images = [best.image(i) for i in best.reg_image_ids()]
-    result.solution = solution_of(best, {stems[im.name]: frame_from_image(im, best.camera(im.camera_id),
-                                                                          stems[im.name]) for im in images})
+    model, stems = best.model, {p.image_rel: p.stem for p in photos}
+    images = [model.image(i) for i in model.reg_image_ids()]
+    result.solution = solution_of(model, {stems[im.name]: frame_from_image(im, model.camera(im.camera_id),
+                                                                           stems[im.name]) for im in images})
     return result
