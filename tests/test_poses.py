@@ -620,7 +620,7 @@ def test_middlebury_cameras_project_as_calibrated():
         assert np.abs(uv - (xyw[:, :2] / xyw[:, 2:] + 0.5)).max() < 0.01  # the file's R is orthonormal to ~1e-5
 
 
-def test_mask_agreement_flags_a_misplaced_camera():
+def test_points_in_silhouettes_flag_a_misplaced_camera():
     from stages.poses.normalize import points_in_silhouettes
 
     center, radius = np.array([0.2, 0.1, -0.3]), 0.8

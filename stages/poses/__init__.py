@@ -10,15 +10,15 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          beyond `exhaustive_max`) matching; "auto" tries the learned features, then SIFT when
          photos are left out, and keeps the model with more photos. Photos share a COLMAP camera
          when EXIF names the same camera, focal length and size (camera_groups.py), with the EXIF
-         focal as a prior; a photo without EXIF has its own camera without distortion. Incremental
-         (or global) mapping, the largest model kept; a model whose points fall outside its
-         photos' masks is rejected as false matches, and a camera
-         that contradicts its mask is dropped; one robust (Cauchy) bundle adjustment. A photo
-         left out is named in one warning with why (diagnosis.py). Normalisation: sparse points
-         that fall inside the masks and are seen 3+ times, minus the paper's farthest
-         max(5, N/500), are enclosed by a sphere -> origin, radius 1 (the object can poke out a
-         little: the paper pads its box 1.3x); the cameras give the up axis -> +Y; the first
-         registered photo looks from +Z.
+         focal as a prior; a photo without EXIF has its own camera without distortion (a set with
+         no EXIF at all and one image size: one camera). Incremental (or global) mapping with
+         distortion held at zero, the largest model kept; a model whose points fall outside its
+         photos' masks is rejected as false matches; one robust (Cauchy) bundle adjustment that
+         refines distortion. A photo left out is named in one warning with why (diagnosis.py).
+         Normalisation: sparse points that fall inside the masks and are seen 3+ times, minus the
+         paper's farthest max(5, N/500), are enclosed by a sphere -> origin, radius 1 (the object
+         can poke out a little: the paper pads its box 1.3x); the cameras give the up axis -> +Y;
+         the first registered photo looks from +Z.
          With --poses (importers.py), the given world frame is kept exactly (world_from_sfm =
          identity) and frames are matched to photos by file stem (LLFF: rows to photos in sorted
          file-name order); the bounds come from the model's sparse points, or (transforms.json,
@@ -107,7 +107,7 @@ def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: in
     if registered < min_registered:
         raise too_few_registered(usable, registered, min_registered, result.attempts, result.pair_inliers,
                                  learned.missing_packages(AUTO_LEARNED) if cfg["features"] in ("auto", "sift") else None)
-    reasons = unposed_reasons(usable, result.pair_inliers, set(result.solution.frames), result.misplaced)
+    reasons = unposed_reasons(usable, result.pair_inliers, set(result.solution.frames))
     if reasons:
         names = {p.stem: p.name for p in usable}
         ctx.log.warning("%d photo(s) got no camera and are left out: %s", len(reasons),

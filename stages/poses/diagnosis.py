@@ -30,21 +30,11 @@ def why_unposed(photo: PhotoInput, pair_inliers: dict[tuple[str, str], int], pos
             "of its features lie on the model's 3-D points")
 
 
-def unposed_reasons(photos: list[PhotoInput], pair_inliers: dict[tuple[str, str], int], posed_stems: set[str],
-                    misplaced: dict[str, float]) -> dict[str, str]:
-    """stem -> why, for every photo in `photos` without a camera (`misplaced`: image name -> the
-    fraction of the object's points inside its mask, for cameras dropped for contradicting it)."""
+def unposed_reasons(photos: list[PhotoInput], pair_inliers: dict[tuple[str, str], int],
+                    posed_stems: set[str]) -> dict[str, str]:
+    """stem -> why, for every photo in `photos` without a camera."""
     posed_names = {p.image_rel for p in photos if p.stem in posed_stems}
-    reasons = {}
-    for photo in photos:
-        if photo.stem in posed_stems:
-            continue
-        if photo.image_rel in misplaced:
-            reasons[photo.stem] = (f"its camera contradicted its mask (only {100 * misplaced[photo.image_rel]:.0f} % "
-                                   "of the object's points fell inside): misplaced by false matches")
-        else:
-            reasons[photo.stem] = why_unposed(photo, pair_inliers, posed_names)
-    return reasons
+    return {p.stem: why_unposed(p, pair_inliers, posed_names) for p in photos if p.stem not in posed_stems}
 
 
 def too_few_registered(photos: list[PhotoInput], registered: int, needed: int, attempts: list[str],

@@ -13,6 +13,8 @@ Kinds (weights and their licences; all allow commercial use and redistribution):
   torchvision.
 - "disk": DISK (Apache-2.0, cvlab-epfl/disk, kornia's implementation) + LightGlue (Apache-2.0).
 SuperPoint is left out on purpose: its weights are licensed for non-commercial use only.
+Measured on spot-wild with its true masks (1024 keypoints, 2 busy CPU cores): XFeat posed 36/36
+photos, 0.84 deg median rotation error; ALIKED 36/36, 1.86 deg, and 6x slower to extract.
 
 The object is found by its mask: each photo is cropped to the mask's box (plus a margin) and
 scaled so its longer side is `size` pixels, so a small object in a large photo still gets its
