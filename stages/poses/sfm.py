@@ -30,6 +30,7 @@ from stages.poses.photos import PhotoInput, read_mask
 MAPPERS = ("incremental", "global")
 FEATURES = ("auto", "sift", *learned.KINDS)
 AUTO_LEARNED = "xfeat"  # the learned kind "auto" uses: the fastest on a CPU
+AUTO_ENOUGH = 0.9  # "auto" stops after SIFT when it registered this fraction of the photos
 MATCHED_MARK = "matched.ok"  # written once features and matches are complete in the database
 SEED = 0  # fixed RANSAC and mapper seeds: the same photos give the same cameras
 STRAY_DISTANCE = 10.0  # a camera this many times farther from the others than usual is a failure
@@ -61,15 +62,17 @@ def check_config(cfg: dict) -> None:
 
 
 def feature_order(choice: str, log: logging.Logger) -> list[str]:
-    """The kinds of features to try, in order: the chosen one, or for "auto" the learned
-    features when their packages are installed, then SIFT."""
+    """The kinds of features to try, in order: the chosen one, or for "auto" SIFT, then the
+    learned features when their packages are installed. SIFT first: where it works it is the
+    more precise (a textured rendered capture: 0.85 px mean reprojection error with XFeat, under
+    0.5 with SIFT) and the faster; the learned features are for what it cannot match."""
     if choice != "auto":
         return [choice]
     missing = learned.missing_packages(AUTO_LEARNED)
     if missing:
         log.info("learned features unavailable (%s): SIFT only", missing)
         return ["sift"]
-    return [AUTO_LEARNED, "sift"]
+    return ["sift", AUTO_LEARNED]
 
 
 def mapper_options(cfg: dict) -> "pycolmap.IncrementalPipelineOptions":
@@ -241,9 +244,11 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
     for kind in feature_order(cfg["features"], log):
         tried.append(attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device))
         log.info("%s", tried[-1].summary(len(photos)))
-        if tried[-1].registered == len(photos):
+        if tried[-1].registered >= AUTO_ENOUGH * len(photos):
             break
-    best = max(tried, key=lambda a: (a.registered, len(a.pair_inliers)))
+    best = max(tried, key=lambda a: a.registered)  # the first (SIFT) on a tie
+    if best.registered == 0:  # report the matches of the kind that verified the most pairs
+        best = max(tried, key=lambda a: len(a.pair_inliers))
     result = SfmResult(solution=None, features=best.kind, pair_inliers=best.pair_inliers,
                        attempts=[a.summary(len(photos)) for a in tried])
     if best.registered == 0:
