@@ -6,9 +6,9 @@
 #   make bench-quality         the whole pipeline on rendered Spot captures against ground truth
 #   make bench-wild            the pipeline on "online collection" captures (../shared/data) against their truth
 #   make gpu-check             parity tests, throughput and the example end to end on a CUDA GPU
-#   make batch CAPTURES=dir OUT=dir -j2
-#                              turn each CAPTURES/NAME/ folder of photos into OUT/NAME.glb,
-#                              redoing only captures whose photos changed
+#   make batch CAPTURES=dir OUT=dir [BATCH_ARGS="--engine ray --keep-going"]
+#                              `neroic batch`: each CAPTURES/NAME/ folder into OUT/NAME.glb,
+#                              redoing only what changed (see the README's batch section)
 
 VENV     ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 PYTHON   := $(VENV)/bin/python
@@ -23,7 +23,8 @@ setup: system-deps
 	# Without a GPU, take the CPU build of torch first; a GPU user's own CUDA build is kept.
 	if ! command -v nvidia-smi >/dev/null && ! $(PYTHON) -c "import torch" 2>/dev/null; then \
 	  $(PYTHON) -m pip install --quiet "torch==$(TORCH_CPU_VERSION)"; fi
-	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	# The ray extra: `neroic batch --engine ray`, tested by the suite.
+	$(PYTHON) -m pip install --quiet -e ".[dev,ray]"
 	$(NEROIC) install-weights
 	# The native field kernels (C++/OpenMP) with this machine's compiler; without one, PyTorch runs.
 	$(PYTHON) -m stages.field.kernels
@@ -61,16 +62,10 @@ bench-wild:
 gpu-check:
 	$(PYTHON) -m bench.gpu_check
 
-# Batch: one neroic run per capture folder. Each job gets BATCH_THREADS threads so that
-# `-j2` on a 2-core machine does not oversubscribe the cores.
+# Batch: a thin wrapper of `neroic batch` (it schedules the stages of every capture itself, so no -j).
 CAPTURES ?= captures
 OUT      ?= out
-BATCH_THREADS ?= 1
 BATCH_ARGS ?=
-CAPTURE_NAMES := $(patsubst $(CAPTURES)/%/,%,$(sort $(dir $(wildcard $(CAPTURES)/*/))))
 
-batch: $(patsubst %,$(OUT)/%.glb,$(CAPTURE_NAMES))
-
-.SECONDEXPANSION:
-$(OUT)/%.glb: $$(wildcard $(CAPTURES)/$$*/*) | $(CAPTURES)/%
-	OMP_NUM_THREADS=$(BATCH_THREADS) $(NEROIC) run $(CAPTURES)/$* --out $@ --workdir $(OUT)/$*.neroic --quiet $(BATCH_ARGS)
+batch:
+	$(NEROIC) batch $(CAPTURES) --out $(OUT) $(BATCH_ARGS)

@@ -83,8 +83,10 @@ def bench_grid(label: str, levels: int, features: int, log2_table: int, max_res:
         enc_opt.step()
 
     lo, hi = [0.0] * 3, [1.0] * 3
+    # a density field, as this row has always measured (an SDF field adds its normals' four
+    # evaluations for the samples that get a colour)
     field = NerfWField(lo, hi, 40, n_levels=levels, n_features=features, log2_table=log2_table,
-                       max_resolution=max_res).to(device)
+                       max_resolution=max_res, surface="density").to(device)
     opt = optimizer(field.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
 
     def field_step():

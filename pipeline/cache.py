@@ -38,15 +38,18 @@ def hash_json(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def hash_tree(path: Path) -> str:
-    """Content hash of a file, or of every file below a folder (names and bytes)."""
+def hash_tree(path: Path, exclude: tuple[str, ...] = ()) -> str:
+    """Content hash of a file, or of every file below a folder (names and bytes), leaving out
+    hidden files and those whose relative path matches a glob pattern in `exclude`."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     entries = []
     for p in sorted(path.rglob("*")):
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts):
-            entries.append((p.relative_to(path).as_posix(), sha256_file(p)))
+        relative = p.relative_to(path)
+        if (p.is_file() and not any(part.startswith(".") for part in relative.parts)
+                and not any(relative.match(pattern) for pattern in exclude)):
+            entries.append((relative.as_posix(), sha256_file(p)))
     return hash_json(entries)
 
 

@@ -324,3 +324,64 @@ def _render(workdir, cameras, turntable, out, what, appearance_of, lighting, lig
                              device=resolve_device(settings["run"]["device"]),
                              progress=lambda it, **kw: tqdm(it, disable=quiet, leave=False, **kw))
     click.echo(f"wrote {len(files)} file(s) to {out}")
+
+
+@main.command()
+@click.argument("captures", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder: NAME.glb and workdir NAME.neroic/ per capture, batch.json, report.html.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: stage processes on this machine; ray: Ray tasks (pip install 'neroic[ray]').")
+@click.option("--address", metavar="auto|HOST:PORT",
+              help="Join this running Ray cluster instead of starting one on this machine (--engine ray).")
+@click.option("--cpus", type=click.IntRange(min=1), help="CPUs to use on this machine [default: all].")
+@click.option("--gpus", type=click.IntRange(min=0), help="GPUs to use on this machine [default: all found].")
+@click.option("--cpus-per-stage", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPUs (and threads) each stage gets.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Retries of a stage whose process or worker was killed.")
+@click.option("--keep-going", is_flag=True, help="Go on with the other captures when one fails.")
+@set_option
+@profile_option
+@click.option("--status", "show_status", is_flag=True, help="Only print OUT's capture x stage table.")
+@debug_option
+def batch(captures, out, engine, address, cpus, gpus, cpus_per_stage, max_retries, keep_going, overrides, profile,
+          show_status, debug):
+    """Turn each CAPTURES/NAME/ folder into OUT/NAME.glb, one stage job at a time per capture."""
+    guarded(_batch)(captures, out, engine, address, cpus, gpus, cpus_per_stage, max_retries, keep_going, overrides,
+                    profile, show_status, debug=debug)
+
+
+def _batch(captures, out, engine, address, cpus, gpus, cpus_per_stage, max_retries, keep_going, overrides, profile,
+           show_status):
+    from pipeline import batch as batching
+    from pipeline.batch_report import write_batch_report
+
+    if show_status:
+        click.echo(batching.format_table(batching.status_rows(out)))
+        return
+    if captures is None:
+        raise click.UsageError("give the CAPTURES folder (or --status to see OUT's table)")
+    if address and engine != "ray":
+        raise click.UsageError("--address joins a Ray cluster: add --engine ray")
+    if address and (cpus or gpus is not None):
+        raise click.UsageError("--cpus and --gpus size the cluster started on this machine; "
+                               "a cluster joined with --address has its own")
+    plan = batching.plan_batch(captures, out, profile, overrides)
+    runner = batching.make_engine(engine, address, cpus, gpus, cpus_per_stage, max_retries)
+    click.echo(f"neroic batch: {len(plan.captures)} capture(s) -> {out}  ({runner.describe()})")
+    try:
+        record = batching.run_batch(plan, runner, keep_going,
+                                    on_outcome=lambda o: click.echo(batching.progress_line(o)))
+    except BaseException:
+        runner.cancel()
+        raise
+    finally:
+        runner.close()
+    rows = batching.run_rows(record)
+    click.echo("\n" + batching.format_table(rows))
+    click.echo(f"report: {write_batch_report(out, rows, record)}")
+    failed = [r.name for r in rows if r.failed]
+    if failed:
+        raise NeroicError(f"{len(failed)} of {len(rows)} captures failed: {', '.join(failed)}",
+                          hint="the table says why; fix them and run the same command again (finished stages are kept)")

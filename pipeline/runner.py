@@ -6,11 +6,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import importlib
 import logging
+import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -62,7 +65,6 @@ class PeakMemory:
     def _rss() -> int:
         try:
             with open("/proc/self/statm") as f:
-                import os
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
             return 0
@@ -128,14 +130,43 @@ def resolve_device(preference: str) -> str:
     return "cpu"
 
 
+def thread_budget() -> int:
+    """Threads a stage may use: $NEROIC_THREADS, else $OMP_NUM_THREADS (set by `neroic batch`,
+    Ray and job schedulers), else 0 = each library's default (all cores)."""
+    for name in ("NEROIC_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
 class Pipeline:
     def __init__(self, workdir: Workdir, settings: dict, sources: Sources, quiet: bool = False):
         self.workdir, self.settings, self.sources, self.quiet = workdir, settings, sources, quiet
         self._source_hashes: dict[str, str | None] = {}
         self._device: str | None = None
-        restored = cache.recover(workdir.root, tuple(s.name for s in STAGES))
-        for name in restored:
-            log.warning("restored the previous '%s' output after an interrupted publication", name)
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def _working(self):
+        """Hold the workdir for this process while stages run (reentrant), and on taking it,
+        clean up what a crashed run left (so reading a workdir, e.g. `neroic status` while a
+        stage runs, never touches a running stage's files)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with self.workdir.exclusive():
+            for name in cache.recover(self.workdir.root, tuple(s.name for s in STAGES)):
+                log.warning("restored the previous '%s' output after an interrupted publication", name)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
 
     # -- fingerprints -------------------------------------------------------------------
     def _source_hash(self, key: str) -> str | None:
@@ -183,16 +214,21 @@ class Pipeline:
     def run(self, until: str | None = None, force: frozenset[str] = frozenset(),
             on_result=None) -> list[StageResult]:
         results = []
-        for spec in STAGES:
-            result = self.run_stage(spec, force=spec.name in force)
-            results.append(result)
-            if on_result:
-                on_result(result)
-            if spec.name == until:
-                break
+        with self._working():
+            for spec in STAGES:
+                result = self.run_stage(spec, force=spec.name in force)
+                results.append(result)
+                if on_result:
+                    on_result(result)
+                if spec.name == until:
+                    break
         return results
 
     def run_stage(self, spec: StageSpec, force: bool = False) -> StageResult:
+        with self._working():
+            return self._run_stage(spec, force)
+
+    def _run_stage(self, spec: StageSpec, force: bool) -> StageResult:
         for name in spec.needs:
             upstream = self.state(get_stage(name))
             if upstream.status != "done":
@@ -220,18 +256,20 @@ class Pipeline:
                 name=spec.name, workdir=wd.root, out=tmp, checkpoints=checkpoints,
                 config=self.settings.get(spec.name, {}), settings=self.settings, sources=self.sources,
                 device=self._device, inputs={n: wd.stage_dir(n) for n in spec.needs},
-                log=logging.getLogger(f"neroic.{spec.name}"), quiet=self.quiet)
+                log=logging.getLogger(f"neroic.{spec.name}"), quiet=self.quiet, threads=thread_budget())
             log.info("running stage %s (fingerprint %s)", spec.name, fingerprint[:12])
             started = dt.datetime.now().astimezone()
             t0 = time.perf_counter()
             with PeakMemory() as memory, GpuPeakMemory(self._device) as gpu_memory:
                 module = importlib.import_module(spec.module)
+                if ctx.threads and "torch" in sys.modules:  # torch reads only OMP_NUM_THREADS by itself
+                    sys.modules["torch"].set_num_threads(ctx.threads)
                 summary = module.run(ctx) or {}
             seconds = time.perf_counter() - t0
             readme = TEMPLATE_DIR / spec.name / "README.md"
             if readme.exists() and not (tmp / "README.md").exists():
                 shutil.copy2(readme, tmp / "README.md")
-            output_hash = cache.hash_json([fingerprint, cache.hash_tree(tmp)])
+            output_hash = cache.hash_json([fingerprint, cache.hash_tree(tmp, spec.records)])
             cache.write_json_atomic(tmp / cache.MANIFEST, {
                 "stage": spec.name, "fingerprint": fingerprint, "output_hash": output_hash,
                 "started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 3),

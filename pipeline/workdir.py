@@ -2,8 +2,10 @@
 paths, the log, and one published folder per stage (see workdir_template/README.md)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +16,7 @@ from stages.context import Sources
 from stages.errors import NeroicError
 
 SOURCES_NAME = "sources.json"
+LOCK_NAME = ".lock"
 LOG_NAME = "neroic.log"
 
 
@@ -58,6 +61,24 @@ class Workdir:
                     shutil.copy2(item, target)
         except OSError as e:
             raise NeroicError(f"cannot create workdir {self.root}: {e.strerror}") from None
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """This process alone runs stages here while inside (an advisory lock on WORKDIR/.lock,
+        released when the process ends, however it ends)."""
+        import fcntl
+
+        fd = os.open(self.root / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise NeroicError(f"another neroic is already running stages in {self.root}",
+                                  hint="wait for it to finish (`neroic status` shows where it is), or use "
+                                       "another --workdir") from None
+            yield
+        finally:
+            os.close(fd)
 
     def require(self) -> None:
         if not self.exists():

@@ -29,6 +29,9 @@ class StageSpec:
     needs: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()  # user inputs (Sources fields) that this stage reads
     figures: tuple[Figure, ...] = ()  # what report.html shows of its output
+    # files that record how the run went (timings, curves against time): published, but not part
+    # of the output's identity, so equal inputs give downstream stages equal fingerprints
+    records: tuple[str, ...] = ()
 
 
 STAGES: tuple[StageSpec, ...] = (
@@ -39,7 +42,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("poses", "stages.poses", needs=("ingest", "masks"), sources=("poses",), figures=(
         Figure("Cameras and sparse points", ("cameras.png",),
                "Registered cameras (frusta) around the object's sparse SfM points, world frame, +Y up."),)),
-    StageSpec("geometry", "stages.geometry", needs=("ingest", "masks", "poses"), figures=(
+    StageSpec("geometry", "stages.geometry", needs=("ingest", "masks", "poses"), records=("metrics.json", "curves.png"),
+              figures=(
         Figure("Geometry training", ("curves.png",), "Loss and held-out PSNR against step and time."),
         Figure("Held-out photos and renders", ("heldout/*.png",),
                "Photos not used for training, beside the field's renders of the same cameras."),
@@ -48,11 +52,13 @@ STAGES: tuple[StageSpec, ...] = (
                "of that photo alone), which stays out of the shape and the material."))),
     StageSpec("normals", "stages.normals", needs=("ingest", "poses", "geometry"), figures=(
         Figure("Normals", ("preview.png",), "Volume-rendered Sobel normals."),)),
-    StageSpec("material", "stages.material", needs=("ingest", "masks", "poses", "geometry", "normals"), figures=(
+    StageSpec("material", "stages.material", needs=("ingest", "masks", "poses", "geometry", "normals"),
+              records=("metrics.json", "losses.png"), figures=(
         Figure("Material and lights", ("contact_sheet.png", "losses.png"),
                "Per photo: original, re-rendered, albedo, shading, normals, and a sphere lit by its light, "
                "seen from its camera."),)),
-    StageSpec("export", "stages.export", needs=("ingest", "masks", "poses", "geometry", "material"), figures=(
+    StageSpec("export", "stages.export", needs=("ingest", "masks", "poses", "geometry", "material"),
+              records=("export.json", "screenshot.png"), figures=(
         Figure("Exported model", ("turntable*.png", "screenshot*.png"), "The exported GLB, rendered from around it."),)),
 )
 

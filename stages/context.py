@@ -39,6 +39,7 @@ class StageContext:
     inputs: dict[str, Path] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("neroic"))
     quiet: bool = False
+    threads: int = 0  # CPU threads the stage may use (torch, onnxruntime, COLMAP); 0 = each library's default
 
     def input(self, stage: str) -> Path:
         """The published folder of a finished upstream stage."""

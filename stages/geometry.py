@@ -50,6 +50,7 @@ Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_se
          steps_across 256            march step = longest side of the box / this (final)
          coarse_step_factor 4.0, coarse_fraction 0.3  the step starts this much larger and
                                      shrinks to the final one over this fraction of the steps
+         coarse_to_fine 0.5          hash levels switch on (from 4) over this share of training
          occupancy_resolution 128, hull_margin_px 2.0, hull_max_miss_fraction 0.05
          occupancy_update_every 16, occupancy_warmup 64
          repair_masks true           masks checked against the others' visual hull: background pieces
@@ -261,6 +262,7 @@ def run(ctx: StageContext) -> dict:
     step_size = float((hi - lo).max()) / int(cfg["steps_across"])
     max_res = int(cfg["hash_max_resolution"]) or _auto_resolution(train_cams, lo, hi, float(cfg["hash_pixels_factor"]),
                                                                    int(cfg["hash_base_resolution"]))
+    torch.manual_seed(int(cfg["seed"]))  # the field's initial weights: equal inputs give an equal field
     field = NerfWField(lo.tolist(), hi.tolist(), len(train_idx), n_levels=int(cfg["hash_levels"]),
                        n_features=int(cfg["hash_features"]), log2_table=int(cfg["hash_log2_table"]),
                        base_resolution=int(cfg["hash_base_resolution"]),

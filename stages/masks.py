@@ -41,18 +41,21 @@ def weights_home() -> Path:
 class RembgMasker:
     """rembg, strictly offline: the weights must already be in weights_home()."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, threads: int = 0):
         weights = weights_home() / f"{model}.onnx"
         if not weights.exists():
             raise NeroicError(f"mask model weights {weights} not found (rembg model '{model}')",
                               hint="run `make setup`, which installs u2netp offline; or give masks "
                                    "with --masks DIR; or set U2NET_HOME to the folder holding the .onnx file")
         import rembg
+        from onnxruntime import SessionOptions
         from PIL import Image
 
         self._remove, self._image = rembg.remove, Image
+        options = SessionOptions()  # 0 threads: onnxruntime's default (rembg applies OMP_NUM_THREADS then)
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
         try:
-            self._session = rembg.new_session(model)
+            self._session = rembg.new_session(model, sess_opts=options)
         except Exception as e:  # rembg raises plain exceptions for unknown names or bad files
             raise NeroicError(f"rembg could not load model '{model}': {e}") from None
 
@@ -114,7 +117,7 @@ def run(ctx: StageContext) -> dict:
         else:
             if ctx.sources.masks is not None:
                 ctx.log.warning("no mask for %s in %s: using rembg", photo["name"], ctx.sources.masks)
-            masker = masker or RembgMasker(cfg["model"])
+            masker = masker or RembgMasker(cfg["model"], ctx.threads)
             mask, source = masker(read_rgb(ingest / photo["image"])), "rembg"
         write_png(ctx.out / f"{stem}.png", mask)
         rgb = read_rgb(ingest / photo["image"])

@@ -42,3 +42,37 @@ def test_a_stage_code_fingerprint_covers_the_native_sources_it_compiles():
     files = {f.name for f in cache.code_files("stages.geometry")}
     assert {"hash_grid.py", "hash_grid.cpp", "mlp.cpp"} <= files
     assert cache.code_fingerprint("stages.geometry")
+
+
+def test_one_process_at_a_time_runs_stages_in_a_workdir(tmp_path):
+    """A second neroic in the same workdir is refused (and a reader never cleans up under a
+    running stage); the lock goes with its holder."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from pipeline.workdir import Workdir
+    from stages.errors import NeroicError
+
+    wd = Workdir(tmp_path / "work")
+    wd.create()
+    (wd.root / ".tmp" / "geometry").mkdir(parents=True)  # a running stage's folder
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.workdir import Workdir; "
+                               f"w = Workdir({str(wd.root)!r}); cm = w.exclusive(); cm.__enter__(); "
+                               "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(NeroicError, match="another neroic is already running"):
+            with wd.exclusive():
+                pass
+        from pipeline.config import resolve
+        from pipeline.runner import Pipeline
+
+        Pipeline(wd, resolve(wd.config_path), wd.read_sources()).states()  # reading is fine
+        assert (wd.root / ".tmp" / "geometry").exists()  # and touches nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    with wd.exclusive():  # free again once the holder is gone
+        pass

@@ -39,7 +39,8 @@ def test_field_forward_and_backward_match():
     for field, device in ((cpu, "cpu"), (gpu, OTHER)):
         sigma, geo = field.density(points.to(device))
         rgb = field.colour(geo, torch.nn.functional.normalize(points.to(device), dim=-1),
-                           field.appearance(torch.zeros(len(points), dtype=torch.long, device=device)))
+                           field.appearance(torch.zeros(len(points), dtype=torch.long, device=device)),
+                           normals=field.surface_normals(points.to(device), 0.02))
         (sigma.mean() + rgb.square().mean()).backward()
     assert torch.allclose(cpu.density(points)[0], gpu.density(points.to(OTHER))[0].cpu(), rtol=1e-4, atol=1e-4)
     for (name, a), (_, b) in zip(cpu.named_parameters(), gpu.named_parameters()):

@@ -117,7 +117,8 @@ def test_mlp_matches_the_reference(native, in_dim, out_dim, width, n_hidden, fir
 
 def field_loss(field: NerfWField, points, dirs, image) -> torch.Tensor:
     sigma, geo = field.density(points)
-    rgb = field.colour(geo, dirs, field.appearance(image))
+    normals = field.surface_normals(points, 0.01) if field.is_sdf else None
+    rgb = field.colour(geo, dirs, field.appearance(image), normals=normals)
     sigma_t, rgb_t, beta = field.transient(geo, field.transient_codes(image))
     return sigma.mean() + rgb.square().mean() + sigma_t.mean() + rgb_t.mean() + beta.mean()
 

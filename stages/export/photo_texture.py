@@ -9,8 +9,8 @@ inside the photo's mask) gives one estimate of its albedo by inverting the mater
 shading model with that photo's learned light and camera response (stages/material/):
     albedo_j = (photo colour, linear, tone curve undone - specular lobe) / (irradiance / pi),
 the irradiance losing the light's directional part where a shadow ray towards its dominant
-direction hits the mesh. Estimates are fused robustly: a weighted median of their luminance
-picks the consensus, estimates far from it (a shadow or highlight the light model missed, an
+direction hits the mesh (faded in over the terminator as the material stage does). Estimates
+are fused robustly: the median of their luminance picks the consensus, estimates far from it (a shadow or highlight the light model missed, an
 occluder, a misregistered edge) are dropped, the rest averaged with weights that favour close,
 head-on views (weight^2, so the sharpest view dominates where views disagree in detail). Where
 few photos see a point, `confidence` < 1 says how much to trust the result over the material
@@ -31,6 +31,7 @@ from stages.common.colour import srgb_to_linear
 from stages.common.sh import sh_dominant_direction
 from stages.common.images import sample_bilinear
 from stages.material.shading import shade
+from stages.material.visibility import cast_shadow_visibility
 
 MIN_COS = 0.15  # grazing views are blurred and misregistered: ignored below this cosine
 EDGE_PX = 4.0  # estimates fade in over this many pixels inside the mask's edge
@@ -104,8 +105,10 @@ class PhotoAlbedo:
         coeffs = torch.as_tensor(view.light, dtype=torch.float64)
         n_shade = torch.from_numpy(normals[idx]).double()
         visibility = None
-        if self.shadows:
-            visibility = torch.from_numpy(1.0 - self._blocked(points[idx], geo_normals[idx], view.light)).double()
+        if self.shadows:  # the material stage's shadow model, with the mesh as the occluder
+            towards = torch.from_numpy(np.broadcast_to(sh_dominant_direction(view.light), (len(idx), 3)).copy())
+            visibility = cast_shadow_visibility(n_shade, towards, torch.from_numpy(
+                1.0 - self._blocked(points[idx], geo_normals[idx], towards.numpy())))
         unit = shade(torch.ones(len(idx), 3, dtype=torch.float64), torch.from_numpy(specular[idx]).double(),
                      torch.from_numpy(glossiness[idx]).double(), n_shade, torch.from_numpy(-to_camera).double(),
                      coeffs, visibility)
@@ -117,11 +120,10 @@ class PhotoAlbedo:
         weight = cos * (frame.fl_x / distance) ** 2 * self.inner[j][row, col] * lit
         return idx, albedo.clip(0.0, 4.0), weight
 
-    def _blocked(self, points: np.ndarray, normals: np.ndarray, light: np.ndarray) -> np.ndarray:
-        """1 where a ray from each point towards the light's dominant direction hits the mesh."""
+    def _blocked(self, points: np.ndarray, normals: np.ndarray, towards: np.ndarray) -> np.ndarray:
+        """1 where a ray from each point along towards [N, 3] hits the mesh."""
         import open3d as o3d
 
-        towards = np.broadcast_to(sh_dominant_direction(light), points.shape)
         origins = points + self.tolerance * normals
         rays = o3d.core.Tensor(np.concatenate([origins, towards], axis=1).astype(np.float32))
         return self.scene.test_occlusions(rays).numpy().astype(np.float64)
@@ -129,19 +131,18 @@ class PhotoAlbedo:
 
 def fuse(samples: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Robust fusion of albedo estimates [P, N, 3] with weights [P, N] (0: no estimate) ->
-    (albedo [N, 3], confidence [N]): the weighted median luminance, the estimates near it, their
+    (albedo [N, 3], confidence [N]): the median luminance of the estimates (unweighted, so an
+    occluder in front of the closest view cannot win it), the estimates near it, their
     weight^2-averaged colour."""
     lum = samples @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)  # [P, N]
-    order = np.argsort(lum, axis=0)
-    sorted_lum = np.take_along_axis(lum, order, axis=0)
-    sorted_w = np.take_along_axis(weights, order, axis=0)
-    cumulative = np.cumsum(sorted_w, axis=0)
-    median_at = np.argmax(cumulative >= 0.5 * cumulative[-1:], axis=0)
-    median = np.take_along_axis(sorted_lum, median_at[None], axis=0)[0]
-    inlier = (weights > 0) & (np.abs(lum - median[None]) <= INLIER_RELATIVE * median[None] + INLIER_ABSOLUTE)
+    valid = weights > 0
+    ordered = np.sort(np.where(valid, lum, np.inf), axis=0)
+    middle = np.maximum(valid.sum(0) - 1, 0) // 2
+    median = np.take_along_axis(ordered, middle[None], axis=0)[0]
+    inlier = valid & (np.abs(lum - median[None]) <= INLIER_RELATIVE * median[None] + INLIER_ABSOLUTE)
     kept = np.where(inlier, weights, 0.0)
     albedo = np.einsum("pn,pnc->nc", kept ** 2, samples) / np.maximum((kept ** 2).sum(0), 1e-20)[:, None]
-    one_view = np.median(weights[weights > 0]) if (weights > 0).any() else 1.0  # a typical single view's weight
+    one_view = np.median(weights[valid]) if valid.any() else 1.0  # a typical single view's weight
     return albedo, np.clip(kept.sum(0) / (FULL_CONFIDENCE_WEIGHT * one_view), 0.0, 1.0)
 
 

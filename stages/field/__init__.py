@@ -11,7 +11,8 @@ One file per concept (nerfstudio style); how the pieces fit together in one trai
     samples = march_rays(origins, dirs, grid, step)                   # sampling.py: packed samples
     sigma, geo = field.density(samples.positions)
     w, w_t = nerfw_weights(sigma, samples.deltas, samples.ray_idx, R, sigma_t)   # rendering.py
-    rgb = composite(w, field.colour(geo, dirs, codes, samples.ray_idx), samples.ray_idx, R)
+    normals = field.surface_normals(samples.positions, step / 2)      # an SDF field's colour sees its normal
+    rgb = composite(w, field.colour(geo, dirs, codes, samples.ray_idx, normals), samples.ray_idx, R)
     loss = nerfw_colour_loss(rgb, target, beta) + silhouette_loss(acc, mask)     # losses.py
 
 `rendering.render_rays` does the middle part, `training.train_field` the whole loop, and

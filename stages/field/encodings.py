@@ -102,10 +102,26 @@ class HashGridEncoding(nn.Module):
                              persistent=False)
         table = torch.empty(n_levels << log2_table, n_features).uniform_(-init_scale, init_scale)
         self.table = nn.Parameter(table)
+        # coarse to fine: 1 for levels in use, 0 for finer ones (all on unless training says otherwise)
+        self.register_buffer("level_weights", torch.ones(n_levels), persistent=False)
+        self.all_levels = True
 
     @property
     def out_dim(self) -> int:
         return self.n_levels * self.n_features
+
+    def set_active_levels(self, levels: float) -> None:
+        """Use the `levels` coarsest levels (fractional: the next one fades in), zeroing the finer
+        ones: trained coarse to fine, a field first fits the smooth shape and only then the detail
+        the photos insist on, instead of fitting noise with its finest levels from the start."""
+        ramp = (levels - torch.arange(self.n_levels, device=self.level_weights.device)).clamp(0.0, 1.0)
+        self.level_weights.copy_(ramp)
+        self.all_levels = bool(ramp.min() >= 1.0)
+
+    def _masked(self, features: Tensor) -> Tensor:
+        if self.all_levels:
+            return features
+        return features * self.level_weights.repeat_interleave(self.n_features)
 
     def corner_indices_and_weights(self, unit_positions: Tensor) -> tuple[Tensor, Tensor]:
         """unit_positions: [N, 3] -> (rows [L*N*8] int32 into `table`, trilinear weights [L*N*8]).
@@ -147,10 +163,10 @@ class HashGridEncoding(nn.Module):
         """Runs on the native kernels when they apply (float32 on the CPU), else on PyTorch."""
         lib = native_for(self.table, unit_positions)
         if lib is None:
-            return self.reference_forward(self.table, unit_positions)
-        return hash_grid_features(lib, self.table, unit_positions, self.resolutions.view(-1),
-                                  self.multipliers.view(3, -1).t().contiguous(), self.log2_table,
-                                  self.reference_forward)
+            return self._masked(self.reference_forward(self.table, unit_positions))
+        return self._masked(hash_grid_features(lib, self.table, unit_positions, self.resolutions.view(-1),
+                                               self.multipliers.view(3, -1).t().contiguous(), self.log2_table,
+                                               self.reference_forward))
 
     def reference_forward(self, table: Tensor, unit_positions: Tensor) -> Tensor:
         """The pure-PyTorch encoding with `table` in place of self.table: the fast path's

@@ -2,7 +2,8 @@
 
     sigma, geo = field.density(positions)                 # positions [N, 3] world
     d, geo = field.sdf(positions)                         # surface="sdf": signed distance, world units
-    rgb = field.colour(geo, directions, field.appearance(image_idx))
+    rgb = field.colour(geo, directions, field.appearance(image_idx),
+                       normals=field.surface_normals(positions, spacing))   # (sdf; density: none)
     sigma_t, rgb_t, beta = field.transient(geo, field.transient_codes(image_idx))
 
 The static geometry is either a free density (surface="density", NeRF-W) or a signed distance
@@ -93,7 +94,10 @@ class NerfWField(nn.Module):
                 self.density_net.net[-1].bias[0].zero_()
         # colour = MLP([geo, SH(direction), appearance]); the first layer is split so the per-ray
         # part (direction, appearance) is computed once per ray, not once per sample
-        self.colour_net = MLP(geo_feat_dim, 3, width, colour_layers)
+        # an SDF's colour also sees the surface normal (IDR, NeuS): a photo's shading is a function of
+        # the normal, so the appearance code can explain it through the normal instead of bending
+        # the surface into bumps that imitate it
+        self.colour_net = MLP(geo_feat_dim + (3 if surface == "sdf" else 0), 3, width, colour_layers)
         self.colour_condition = nn.Linear(sh_degree ** 2 + appearance_dim, width, bias=False)
         self.appearance = PerImageEmbedding(n_images, appearance_dim)
         self.transient_codes = self.transient_net = self.transient_condition = None
@@ -136,6 +140,11 @@ class NerfWField(nn.Module):
         values, _ = self.sdf((positions[:, None, :] + offsets).reshape(-1, 3))
         return (values.view(-1, 4, 1) * offsets).sum(1) / (4.0 * spacing * spacing)
 
+    def surface_normals(self, positions: Tensor, spacing: float) -> Tensor:
+        """Unit normals [N, 3] of an SDF field at positions [N, 3]: its normalised gradient (finite
+        differences over `spacing`, world units; differentiable, so the colour loss shapes them)."""
+        return nn.functional.normalize(self.sdf_gradient(positions, spacing), dim=-1, eps=1e-8)
+
     def density(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """positions: [N, 3] world -> (sigma [N] per world unit, geometry features [N, geo_feat_dim])."""
         if self.is_sdf:
@@ -148,14 +157,20 @@ class NerfWField(nn.Module):
         sigma = _TruncExp.apply(h[:, 0]) * self.density_scale
         return sigma, h[:, 1:]
 
-    def colour(self, geo: Tensor, directions: Tensor, appearance: Tensor, ray_idx: Tensor | None = None) -> Tensor:
-        """geo [N, G], directions [R, 3] unit world, appearance codes [R, A] -> sRGB [N, 3] in [0, 1].
+    def colour(self, geo: Tensor, directions: Tensor, appearance: Tensor, ray_idx: Tensor | None = None,
+               normals: Tensor | None = None) -> Tensor:
+        """geo [N, G], directions [R, 3] unit world, appearance codes [R, A] -> sRGB [N, 3] in [0, 1];
+        an SDF field also needs the unit normals [N, 3] at the samples (`surface_normals`).
 
         Sample n belongs to ray ray_idx[n] ([N] int64); without ray_idx, R = N (one ray per sample).
         """
         condition = self.colour_condition(torch.cat((sh_encode(directions, self.sh_degree), appearance), dim=-1))
         if ray_idx is not None:
             condition = condition[ray_idx]
+        if self.is_sdf:
+            if normals is None:
+                raise ValueError("an SDF field's colour needs the surface normals at the samples")
+            geo = torch.cat((geo, normals), dim=-1)
         return torch.sigmoid(self.colour_net(geo, first_bias=condition))
 
     def transient(self, geo: Tensor, codes: Tensor, ray_idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

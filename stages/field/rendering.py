@@ -122,7 +122,8 @@ def render_rays(field: NerfWField, grid: OccupancyGrid, origins: Tensor, directi
             0, ray_idx[opaque], samples.t[opaque], reduce="amin")
     visible = (w.detach() > min_weight).nonzero()[:, 0]
     vis_ray = ray_idx[visible]
-    rgb = field.colour(geo[visible], directions, appearance, vis_ray)
+    normals = field.surface_normals(samples.positions[visible], 0.5 * step_size) if field.is_sdf else None
+    rgb = field.colour(geo[visible], directions, appearance, vis_ray, normals)
     out["rgb"] = composite(w[visible], rgb, vis_ray, n)
     out["acc"] = composite(w, torch.ones_like(w), ray_idx, n)
     out["depth"] = composite(w, samples.t, ray_idx, n)

@@ -62,6 +62,7 @@ class TrainConfig:
     background_fraction: float
     coarse_step_factor: float  # the march step starts this many times larger ...
     coarse_fraction: float  # ... and shrinks geometrically to step_size over this part of training
+    coarse_to_fine: float  # share of training over which the hash levels switch on, coarse first
     occupancy_update_every: int
     occupancy_warmup: int  # steps before the field may empty hull cells
     checkpoint_every: int
@@ -161,6 +162,13 @@ def training_progress(step: int, seconds: float, cfg: TrainConfig) -> float:
     return min(progress, 1.0)
 
 
+def active_levels(progress: float, cfg: TrainConfig, n_levels: int, start: int = 4) -> float:
+    """Hash levels in use: from `start` to all of them over the first `coarse_to_fine` of training."""
+    if cfg.coarse_to_fine <= 0:
+        return float(n_levels)
+    return start + min(progress / cfg.coarse_to_fine, 1.0) * (n_levels - start)
+
+
 def march_step(progress: float, cfg: TrainConfig) -> float:
     """Coarse to fine: early on the field is a blurry fog and fine steps only cost samples."""
     fine = min(progress / max(cfg.coarse_fraction, 1e-6), 1.0)
@@ -242,6 +250,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
             t0 = time.perf_counter()
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * cfg.lr_final_factor ** progress
+            field.encoding.set_active_levels(active_levels(progress, cfg, field.encoding.n_levels))
             batch = pixels.draw(int(n_rays), cfg.background_fraction, generator)
             image_idx = pixels.image[batch]
             origins, dirs = cameras.rays(image_idx, pixels.px[batch], pixels.py[batch],
@@ -310,6 +319,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
         checkpoint()
         raise
     finally:
+        field.encoding.set_active_levels(float(field.encoding.n_levels))
         if bar is not None:
             bar.close()
     run_eval()

@@ -226,6 +226,7 @@ def run(ctx: StageContext) -> dict:
 
     lo, hi = geometry.field.aabb_min, geometry.field.aabb_min + geometry.field.aabb_size
     max_res = int(cfg["hash_max_resolution"]) or auto_max_resolution(surface, cameras, float((hi - lo).max()))
+    torch.manual_seed(int(cfg["seed"]))  # the field's initial weights: equal inputs give an equal material
     field = MaterialField(lo.tolist(), hi.tolist(), n_levels=int(cfg["hash_levels"]),
                           n_features=int(cfg["hash_features"]), log2_table=int(cfg["hash_log2_table"]),
                           base_resolution=min(int(cfg["hash_base_resolution"]), max_res), max_resolution=max_res,

@@ -67,8 +67,6 @@ class MaterialField(nn.Module):
         self.register_buffer("aabb_size", hi - lo, persistent=False)
         self.encoding = HashGridEncoding(n_levels, n_features, log2_table, base_resolution, max_resolution)
         self.head = MLP(self.encoding.out_dim, _N_OUT, width, n_hidden)
-        # 1 for hash levels in use, 0 for finer ones (coarse-to-fine training; all on when trained)
-        self.register_buffer("level_weights", torch.ones(n_levels), persistent=False)
         last = self.head.net[-1]
         with torch.no_grad():
             last.weight[5:].mul_(0.1)  # small normal offsets at the start
@@ -76,20 +74,13 @@ class MaterialField(nn.Module):
 
     def forward(self, positions: Tensor, normals: Tensor) -> MaterialSample:
         """positions [N, 3] world, geometric normals [N, 3] unit -> MaterialSample."""
-        features = self.encoding((positions - self.aabb_min) / self.aabb_size)
-        weights = self.level_weights.repeat_interleave(self.encoding.n_features)
-        h = self.head(features * weights)
+        h = self.head(self.encoding((positions - self.aabb_min) / self.aabb_size))
         return MaterialSample(
             albedo=torch.sigmoid(h[:, 0:3]),
             specular=torch.sigmoid(h[:, 3]),
             glossiness=nn.functional.softplus(h[:, 4]) + MIN_GLOSSINESS,
             normal=nn.functional.normalize(normals + h[:, 5:8], dim=-1, eps=1e-6),
         )
-
-    def set_active_levels(self, levels: float) -> None:
-        """Use the `levels` coarsest hash levels (fractional: the next one fades in)."""
-        ramp = (levels - torch.arange(self.encoding.n_levels, device=self.level_weights.device)).clamp(0.0, 1.0)
-        self.level_weights.copy_(ramp)
 
     @torch.no_grad()
     def query(self, positions: Tensor, normals: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -167,7 +167,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             t0 = time.perf_counter()
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * _lr_factor(step, cfg)
-            field.set_active_levels(_active_levels(step, cfg, field.encoding.n_levels))
+            field.encoding.set_active_levels(_active_levels(step, cfg, field.encoding.n_levels))
             index = torch.randint(0, len(surface), (cfg.batch_size,), generator=generator, device=device)
             material, shading, _ = render_surface(field, lights, surface, index, shadow_grid, cfg.shadow_steps)
             rendered = linear_to_srgb(lights.respond(shading.rgb, surface.image[index]))
@@ -210,7 +210,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
         checkpoint()
         raise
     finally:
-        field.set_active_levels(float(field.encoding.n_levels))
+        field.encoding.set_active_levels(float(field.encoding.n_levels))
         if bar is not None:
             bar.close()
     checkpoint()

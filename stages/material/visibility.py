@@ -23,6 +23,17 @@ from stages.field.sampling import ray_aabb
 from stages.field.grids import sample_grid
 
 
+def cast_shadow_visibility(normals: Tensor, directions: Tensor, transmittance: Tensor,
+                           terminator: float = 0.2) -> Tensor:
+    """Visibility [N] in [0, 1] of the light along directions [N, 3] from surface points with
+    normals [N, 3], given the transmittance [N] of whatever lies along that ray. Only surfaces
+    facing the light can be cast-shadowed (the SH shading already darkens the others, and a ray
+    leaving a surface that faces away runs into the object itself): the shadow fades in over n.l
+    in [0, terminator]."""
+    facing = torch.clamp((normals * directions).sum(-1) / terminator, 0.0, 1.0)
+    return 1.0 - facing * (1.0 - transmittance)
+
+
 @dataclass
 class DensityGrid:
     """density [X, Y, Z] per world unit (axis 0 = x), cell-centred over the box aabb_min..aabb_max ([3] world)."""
@@ -51,14 +62,10 @@ class DensityGrid:
     def visibility(self, points: Tensor, normals: Tensor, directions: Tensor, n_steps: int = 48,
                    offset_voxels: float = 2.0, terminator: float = 0.2) -> Tensor:
         """points [N, 3] world on the surface, normals [N, 3] unit (outward), directions [N, 3] unit
-        towards the light -> visibility [N] in [0, 1] (1 = fully lit).
-
-        Only surfaces facing the light can be cast-shadowed (the SH shading already darkens the
-        others, and a ray leaving a surface that faces away runs into the object itself): the
-        shadow fades in over n.l in [0, terminator].
+        towards the light -> visibility [N] in [0, 1] (1 = fully lit; cast_shadow_visibility).
         """
-        facing = (torch.clamp((normals * directions).sum(-1) / terminator, 0.0, 1.0))
-        return 1.0 - facing * (1.0 - self.transmittance(points, normals, directions, n_steps, offset_voxels))
+        return cast_shadow_visibility(normals, directions, self.transmittance(points, normals, directions, n_steps,
+                                                                              offset_voxels), terminator)
 
     @torch.no_grad()
     def transmittance(self, points: Tensor, normals: Tensor, directions: Tensor, n_steps: int = 48,

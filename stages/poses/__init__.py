@@ -102,7 +102,7 @@ def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: in
         raise NeroicError(f"only {len(usable)} photo(s) have a usable mask (at least {min_registered} needed)",
                           hint="check masks/contact_sheet.png, or give masks with --masks DIR")
     result = run_sfm(ctx.input("ingest"), usable, threshold, cfg, ctx.checkpoints / "colmap", ctx.log, ctx.progress,
-                     ctx.device)
+                     ctx.device, ctx.threads)
     registered = len(result.solution.frames) if result.solution else 0
     if registered < min_registered:
         raise too_few_registered(usable, registered, min_registered, result.attempts, result.pair_inliers,

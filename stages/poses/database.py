@@ -81,11 +81,13 @@ def verification_options() -> "pycolmap.TwoViewGeometryOptions":
     return options
 
 
-def verify(database: Path, token=None) -> None:
+def verify(database: Path, threads: int = 0, token=None) -> None:
     """COLMAP's two-view geometric verification (RANSAC: essential, fundamental, homography) of
     every matched pair; the inliers go to the two_view_geometries table the mapper reads."""
-    pycolmap.geometric_verification(database, two_view_geometry_options=verification_options(),
-                                    cancellation_token=token)
+    verifier = pycolmap.GeometricVerifierOptions()
+    verifier.num_threads = threads or -1
+    pycolmap.geometric_verification(database, verifier_options=verifier,
+                                    two_view_geometry_options=verification_options(), cancellation_token=token)
 
 
 def pair_inliers(database: Path) -> dict[tuple[str, str], int]:

@@ -52,7 +52,7 @@ def write_sift_masks(photos: list[PhotoInput], threshold: int, dilation: int, fo
 
 
 def sift_features_and_matches(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict,
-                              work: Path, log: logging.Logger) -> None:
+                              work: Path, log: logging.Logger, threads: int) -> None:
     db_path = work / "database.db"
     masks = work / "sift_masks"
     shutil.rmtree(masks, ignore_errors=True)
@@ -62,12 +62,14 @@ def sift_features_and_matches(ingest: Path, photos: list[PhotoInput], threshold:
     reader.mask_path = str(masks)
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.sift.max_num_features = int(cfg["max_features"])
+    extraction.num_threads = threads or -1
     token = pycolmap.CancellationToken()
     interruptible("feature extraction", pycolmap.extract_features, db_path, ingest,
                   image_names=[p.image_rel for p in photos], camera_mode=pycolmap.CameraMode.PER_IMAGE,
                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
                   cancellation_token=token, token=token)
     matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = threads or -1
     verification = database.verification_options()
     token = pycolmap.CancellationToken()
     if len(photos) <= int(cfg["exhaustive_max"]):
@@ -85,7 +87,7 @@ def sift_features_and_matches(ingest: Path, photos: list[PhotoInput], threshold:
 
 
 def learned_features_and_matches(kind: str, photos: list[PhotoInput], threshold: int, cfg: dict,
-                                 work: Path, log: logging.Logger, progress, device: str) -> None:
+                                 work: Path, log: logging.Logger, progress, device: str, threads: int) -> None:
     model = learned.load_model(kind, int(cfg["max_keypoints"]), device)
     size = int(cfg["feature_size"])
     regions = []
@@ -119,17 +121,18 @@ def learned_features_and_matches(kind: str, photos: list[PhotoInput], threshold:
     database.write_features(work / "database.db", {p.image_rel: f.keypoints for p, f in zip(photos, features)},
                             matches)
     token = pycolmap.CancellationToken()
-    interruptible("geometric verification", database.verify, work / "database.db", token, token=token)
+    interruptible("geometric verification", database.verify, work / "database.db", threads, token, token=token)
 
 
 def extract_and_match(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
-                      log: logging.Logger, progress, device: str = "cpu") -> None:
-    """Fill work/database.db with the photos (in camera groups), features and verified matches."""
+                      log: logging.Logger, progress, device: str = "cpu", threads: int = 0) -> None:
+    """Fill work/database.db with the photos (in camera groups), features and verified matches
+    (`threads`: COLMAP's CPU threads, 0 = all cores; torch's are set by the runner)."""
     groups = camera_groups(photos, bool(cfg["shared_camera"]))
     log.info("%s", describe(groups))
     database.create(work / "database.db", ingest, groups, cfg["camera_model"])
     if kind == "sift":
-        sift_features_and_matches(ingest, photos, threshold, cfg, work, log)
+        sift_features_and_matches(ingest, photos, threshold, cfg, work, log, threads)
     else:
-        learned_features_and_matches(kind, photos, threshold, cfg, work, log, progress, device)
+        learned_features_and_matches(kind, photos, threshold, cfg, work, log, progress, device, threads)
 

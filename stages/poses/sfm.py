@@ -1,6 +1,6 @@
 """Structure from motion with pycolmap: features and matches (matching.py), mapping, checks.
 
-    result = run_sfm(ingest, photos, threshold, cfg, work, log, progress, device)
+    result = run_sfm(ingest, photos, threshold, cfg, work, log, progress, device, threads)
 
 `poses.features` chooses the features: "sift", a learned kind ("xfeat", "aliked", "disk") or
 "auto" (see `feature_order`). Each kind's COLMAP files (database, masks, models) live in its own
@@ -79,12 +79,13 @@ def feature_order(choice: str, log: logging.Logger) -> list[str]:
     return ["sift", AUTO_LEARNED]
 
 
-def mapper_options(cfg: dict) -> "pycolmap.IncrementalPipelineOptions":
+def mapper_options(cfg: dict, threads: int = 0) -> "pycolmap.IncrementalPipelineOptions":
     """The incremental mapper's options. Lens distortion stays at zero while the model grows (it
     is refined once at the end, see `refine`): with a long lens it is barely observable, and a
     k1 that wanders past COLMAP's sanity limit stops every further photo from registering (the
     Middlebury dino: k1 went to 4 after three photos, and 3 of 16 registered; 9 with it fixed)."""
     options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = threads or -1
     options.ba_refine_extra_params = False
     options.mapper.abs_pose_refine_extra_params = False
     options.mapper.init_min_tri_angle = float(cfg["init_min_tri_angle"])
@@ -93,7 +94,8 @@ def mapper_options(cfg: dict) -> "pycolmap.IncrementalPipelineOptions":
     return options
 
 
-def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progress) -> "pycolmap.Reconstruction | None":
+def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progress,
+               threads: int = 0) -> "pycolmap.Reconstruction | None":
     """Run the mapper; the model with the most registered photos (not yet refined), or None when
     none was built.
     (Offering the largest model the photos of the others once more, with the mapper's
@@ -109,10 +111,11 @@ def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progres
                 progress.update(1)
 
         found = interruptible("incremental mapping", pycolmap.incremental_mapping, db_path, ingest, models,
-                              mapper_options(cfg), next_image_callback=next_image, cancellation_token=token,
+                              mapper_options(cfg, threads), next_image_callback=next_image, cancellation_token=token,
                               token=token)
     else:
         options = pycolmap.GlobalPipelineOptions()
+        options.num_threads = threads or -1
         options.random_seed = options.mapper.random_seed = SEED
         found = interruptible("global mapping", pycolmap.global_mapping, db_path, ingest, models, options)
     if not found:
@@ -216,7 +219,7 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
 
 
 def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
-            log: logging.Logger, progress, device: str) -> Attempt:
+            log: logging.Logger, progress, device: str, threads: int) -> Attempt:
     """Features, matches, the mapper and the masks' check with one kind of features."""
     folder = work / kind
     folder.mkdir(parents=True, exist_ok=True)
@@ -225,10 +228,10 @@ def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, c
             log.info("resuming with the %s features and matches of an interrupted run", kind)
         else:
             (folder / MATCHED_MARK).unlink(missing_ok=True)
-            extract_and_match(kind, ingest, photos, threshold, cfg, folder, log, progress, device)
+            extract_and_match(kind, ingest, photos, threshold, cfg, folder, log, progress, device, threads)
             (folder / MATCHED_MARK).write_text("features and matches complete\n")
         with progress(total=len(photos), desc=f"registering photos ({kind})", unit="photo") as bar:
-            model = map_photos(ingest, cfg, folder, log, bar)
+            model = map_photos(ingest, cfg, folder, log, bar, threads)
     found = Attempt(kind, model, database.pair_inliers(folder / "database.db"))
     if model is not None:
         before = model.compute_mean_reprojection_error()
@@ -246,7 +249,7 @@ def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, c
 
 
 def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
-            log: logging.Logger, progress, device: str = "cpu") -> SfmResult:
+            log: logging.Logger, progress, device: str = "cpu", threads: int = 0) -> SfmResult:
     """Cameras and points in COLMAP's (arbitrary) SfM frame, from the first kind of features that
     registers every photo, else from the kind that registered the most (when none did, the
     matches reported are those of the kind that verified the most pairs)."""
@@ -256,7 +259,7 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
                           hint="use --set poses.shared_camera=false (cameras grouped by EXIF)")
     tried: list[Attempt] = []
     for kind in feature_order(cfg["features"], log):
-        tried.append(attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device))
+        tried.append(attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device, threads))
         log.info("%s", tried[-1].summary(len(photos)))
         if tried[-1].registered >= AUTO_ENOUGH * len(photos):
             break
