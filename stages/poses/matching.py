@@ -1,0 +1,138 @@
+"""Features and verified matches in COLMAP's database: SIFT (COLMAP's own) or learned features.
+
+    extract_and_match(kind, ingest, photos, threshold, cfg, work, log, progress, device)
+
+Both restrict features to each photo's mask grown by `mask_dilation` px (features on the
+background would tie photos by what is behind the object), put photos in camera groups with
+their EXIF focal priors (camera_groups.py) and leave two-view-verified matches for the mapper.
+- "sift": COLMAP's SIFT, exhaustive matching up to `exhaustive_max` photos, sequential beyond.
+- learned ("xfeat", "aliked", "disk"; learned.py): features of the object's crop at
+  `feature_size` px, none within `edge_margin` px of the mask's edge (on a silhouette a feature
+  is no fixed point of the object: on a rendered capture such features left the cameras 1-2
+  degrees off, or built a depth-reversed model), LightGlue on each photo's `match_neighbours`
+  most similar photos (pairs.py), COLMAP's verification.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+from PIL import Image, ImageFilter
+
+from stages.common.images import read_rgb
+from stages.poses import database, learned
+from stages.poses.camera_groups import camera_groups, describe
+from stages.poses.photos import PhotoInput, read_mask
+from stages.poses.colmap_calls import interruptible
+from stages.poses.pairs import similar_pairs, similarity, upright_turns
+
+MIN_LEARNED_MATCHES = 15  # LightGlue matches below this are not worth verifying
+SEARCH_ANGLES = (0, 90, 180, 270)  # turns tried to find a common up
+SEARCH_KEYPOINTS = 256  # per photo and turn, at half the feature size: enough to rank photo pairs
+
+
+def feature_region(photo: PhotoInput, threshold: int, dilation: int) -> np.ndarray:
+    """[H, W] bool: the object mask grown by `dilation` pixels (shrunk when negative)."""
+    mask = Image.fromarray(read_mask(photo, threshold).astype(np.uint8) * 255)
+    if dilation:
+        grow = ImageFilter.MaxFilter if dilation > 0 else ImageFilter.MinFilter
+        mask = mask.filter(grow(2 * abs(dilation) + 1))
+    return np.asarray(mask) > 0
+
+
+def write_sift_masks(photos: list[PhotoInput], threshold: int, dilation: int, folder: Path) -> None:
+    """COLMAP masks `<image name>.png` (0 = ignore): the feature regions."""
+    for photo in photos:
+        target = folder / f"{photo.image_rel}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(feature_region(photo, threshold, dilation).astype(np.uint8) * 255).save(target)
+
+
+def sift_features_and_matches(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict,
+                              work: Path, log: logging.Logger, threads: int) -> None:
+    db_path = work / "database.db"
+    masks = work / "sift_masks"
+    shutil.rmtree(masks, ignore_errors=True)
+    write_sift_masks(photos, threshold, int(cfg["mask_dilation"]), masks)
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = cfg["camera_model"]
+    reader.mask_path = str(masks)
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.sift.max_num_features = int(cfg["max_features"])
+    extraction.num_threads = threads or -1
+    token = pycolmap.CancellationToken()
+    interruptible("feature extraction", pycolmap.extract_features, db_path, ingest,
+                  image_names=[p.image_rel for p in photos], camera_mode=pycolmap.CameraMode.PER_IMAGE,
+                  reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+                  cancellation_token=token, token=token)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = threads or -1
+    verification = database.verification_options()
+    token = pycolmap.CancellationToken()
+    if len(photos) <= int(cfg["exhaustive_max"]):
+        interruptible("exhaustive matching", pycolmap.match_exhaustive, db_path, matching_options=matching,
+                      verification_options=verification, device=pycolmap.Device.cpu, cancellation_token=token,
+                      token=token)
+    else:
+        pairing = pycolmap.SequentialPairingOptions()
+        pairing.overlap = int(cfg["sequential_overlap"])
+        log.info("%d photos > exhaustive_max %d: sequential matching (overlap %d), in file-name order",
+                 len(photos), cfg["exhaustive_max"], pairing.overlap)
+        interruptible("sequential matching", pycolmap.match_sequential, db_path, matching_options=matching,
+                      pairing_options=pairing, verification_options=verification, device=pycolmap.Device.cpu,
+                      cancellation_token=token, token=token)
+
+
+def learned_features_and_matches(kind: str, photos: list[PhotoInput], threshold: int, cfg: dict,
+                                 work: Path, log: logging.Logger, progress, device: str, threads: int) -> None:
+    model = learned.load_model(kind, int(cfg["max_keypoints"]), device)
+    size = int(cfg["feature_size"])
+    regions = []
+    for photo in photos:
+        regions.append((read_rgb(photo.image), feature_region(photo, threshold, int(cfg["mask_dilation"])),
+                        feature_region(photo, threshold, -int(cfg["edge_margin"]))))
+    if cfg["upright"] == "auto":  # each photo at 4 turns, small and quick, to find a common up
+        turned = [[learned.extract(model, rgb, region, size // 2, inside, angle, SEARCH_KEYPOINTS).descriptors
+                   for angle in SEARCH_ANGLES]
+                  for rgb, region, inside in progress(regions, desc=f"{kind} orientations", unit="photo")]
+        turns, score = upright_turns(turned)
+        degrees = [SEARCH_ANGLES[t] for t in turns]
+        if any(degrees):
+            log.info("%s: photos turned to a common up: %s", kind,
+                     ", ".join(f"{p.name} {d:.0f} deg" for p, d in zip(photos, degrees) if d))
+    else:
+        degrees = [0.0] * len(photos)
+    features = [learned.extract(model, rgb, region, size=size, inside=inside, degrees=angle)
+                for (rgb, region, inside), angle in zip(progress(regions, desc=f"{kind} features", unit="photo"),
+                                                         degrees)]
+    if cfg["upright"] != "auto":
+        score = similarity([f.descriptors for f in features])
+    pairs = similar_pairs(score, int(cfg["match_neighbours"]))
+    log.info("%s: %d keypoints per photo (median), LightGlue on %d of %d pairs", kind,
+             int(np.median([len(f.keypoints) for f in features])), len(pairs), len(photos) * (len(photos) - 1) // 2)
+    matches = {}
+    for i, j in progress(pairs, desc=f"{kind} matching", unit="pair"):
+        found = learned.match(model, features[i], features[j])
+        if len(found) >= MIN_LEARNED_MATCHES:
+            matches[(photos[i].image_rel, photos[j].image_rel)] = found
+    database.write_features(work / "database.db", {p.image_rel: f.keypoints for p, f in zip(photos, features)},
+                            matches)
+    token = pycolmap.CancellationToken()
+    interruptible("geometric verification", database.verify, work / "database.db", threads, token, token=token)
+
+
+def extract_and_match(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
+                      log: logging.Logger, progress, device: str = "cpu", threads: int = 0) -> None:
+    """Fill work/database.db with the photos (in camera groups), features and verified matches
+    (`threads`: COLMAP's CPU threads, 0 = all cores; torch's are set by the runner)."""
+    groups = camera_groups(photos, bool(cfg["shared_camera"]))
+    log.info("%s", describe(groups))
+    database.create(work / "database.db", ingest, groups, cfg["camera_model"])
+    if kind == "sift":
+        sift_features_and_matches(ingest, photos, threshold, cfg, work, log, threads)
+    else:
+        learned_features_and_matches(kind, photos, threshold, cfg, work, log, progress, device, threads)
+
