@@ -97,11 +97,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stages.context import StageContext
 from stages.errors import NeroicError
+
+if TYPE_CHECKING:  # the modules themselves load only when the stage runs
+    from stages.export.bake import SurfaceMaps, TangentFrames, UVRaster
+    from stages.export.uv_atlas import UVMesh
 
 
 def _material_function(material_dir: Path, device: str):
@@ -250,10 +255,10 @@ def _clean_mesh(ctx: StageContext, trained, frames, masks, cfg: dict, face_budge
 class _Reference:
     """The most detailed level's surface, atlas and baked maps: what every level's textures come from."""
 
-    atlas: object  # uv_atlas.UVMesh
-    frames: object  # bake.TangentFrames
-    raster: object  # bake.UVRaster
-    maps: object  # bake.SurfaceMaps
+    atlas: UVMesh
+    frames: TangentFrames
+    raster: UVRaster
+    maps: SurfaceMaps
     photo_albedo_share: float
 
 
