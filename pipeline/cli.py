@@ -122,6 +122,22 @@ def _check_writable(out: Path) -> None:
         raise click.UsageError(f"cannot write --out {out}: {e.strerror or e}") from None
 
 
+def _copy_deliverables(export_dir: Path, out: Path) -> list[Path]:
+    """The export's files beside --out: model.glb becomes OUT itself, model.X becomes OUT's stem + .X
+    (skull.preview.glb, skull.usdz), any other file OUT's stem + .NAME (skull.viewer.html)."""
+    from stages.export import deliverables
+
+    written = []
+    for k, name in enumerate(deliverables(export_dir)):
+        target = out if k == 0 else out.with_name(
+            out.stem + (name[len("model"):] if name.startswith("model.") else f".{name}"))
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(export_dir / name, tmp)
+        os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
 workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
                               default=Path("."), show_default=True, help="The working folder.")
 profile_option = click.option("--profile", type=click.Choice(["preview", "quality", "gpu"]),
@@ -187,11 +203,8 @@ def _run(photos, out, workdir, poses, masks, profile, device, force, overrides, 
         _write_report(wd, out)
     click.echo(f"report: {wd.root / 'report.html'}")
     if results[-1].name == "export":
-        model = wd.stage_dir("export") / "model.glb"
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.copyfile(model, tmp)
-        os.replace(tmp, out)
-        click.echo(f"wrote {out}")
+        for target in _copy_deliverables(wd.stage_dir("export"), out):
+            click.echo(f"wrote {target}")
     else:
         click.echo(f"stopped after stage '{results[-1].name}' (--until); no model written yet")
 

@@ -1,9 +1,9 @@
 """report.html: one self-contained page (no network needed) that shows a user whether to trust
 the result: time and memory per stage; one row per photo joining what each stage said of it
 (stages.common.notes: kept or dropped and why, its camera, mask, learned light); then the
-pictures each stage declares in its StageSpec (stages/__init__.py). Rewritten at the end of every
-`neroic run`, also after a failure, from whatever the stages have published; pictures are
-embedded (JPEG, base64) so the file can be sent around.
+pictures and links each stage declares in its StageSpec (stages/__init__.py). Rewritten at the
+end of every `neroic run`, also after a failure, from whatever the stages have published;
+pictures are embedded (JPEG, base64) so the file can be sent around; links lead into the workdir.
 """
 from __future__ import annotations
 
@@ -93,6 +93,10 @@ def write_report(workdir: Path, title: str, error: str | None = None) -> Path:
     for spec in STAGES:
         if read_manifest(workdir / spec.name) is None:
             continue
+        for link in spec.links:
+            for p in sorted((workdir / spec.name).glob(link.pattern)):
+                href = html.escape(p.relative_to(workdir).as_posix())
+                parts.append(f'<h2><a href="{href}">{html.escape(link.title)}</a></h2><p>{html.escape(link.caption)}</p>')
         for figure in spec.figures:
             files = [p for pattern in figure.patterns for p in sorted((workdir / spec.name).glob(pattern))]
             if not files:

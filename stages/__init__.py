@@ -23,12 +23,22 @@ class Figure:
 
 
 @dataclass(frozen=True)
+class Link:
+    """A file a stage publishes for the run report to link to (a page to open, not a picture)."""
+
+    title: str
+    pattern: str
+    caption: str
+
+
+@dataclass(frozen=True)
 class StageSpec:
     name: str
     module: str
     needs: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()  # user inputs (Sources fields) that this stage reads
     figures: tuple[Figure, ...] = ()  # what report.html shows of its output
+    links: tuple[Link, ...] = ()  # what report.html links to
     # files that record how the run went (timings, curves against time): published, but not part
     # of the output's identity, so equal inputs give downstream stages equal fingerprints
     records: tuple[str, ...] = ()
@@ -59,7 +69,10 @@ STAGES: tuple[StageSpec, ...] = (
                "seen from its camera."),)),
     StageSpec("export", "stages.export", needs=("ingest", "masks", "poses", "geometry", "material"),
               records=("export.json", "screenshot.png"), figures=(
-        Figure("Exported model", ("turntable*.png", "screenshot*.png"), "The exported GLB, rendered from around it."),)),
+        Figure("Exported model", ("turntable*.png", "screenshot*.png"), "The exported GLB, rendered from around it."),),
+        links=(Link("Open the 3-D viewer", "viewer.html",
+                    "Every detail level, relit by any photo's learned light, a built-in environment or an HDR "
+                    "dropped on the page; works offline."),)),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)

@@ -17,7 +17,7 @@ import trimesh
 from stages.common.sh import random_sh_light
 from stages.common.colour import linear_to_srgb
 from stages.common.images import sample_bilinear
-from stages.export.bake import (bake_textures, rasterize_uv, roughness_from_glossiness,
+from stages.export.bake import (bake_surface_maps, encode_textures, rasterize_uv, roughness_from_glossiness,
                                 tangent_frames)
 from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
 from stages.export.mesh import chamfer_distance, clean_volume, lattice_points, mesh_from_density
@@ -79,8 +79,8 @@ def spot_material(spot):
         corners = spot.faces[face]
         albedo = spot_texture(spot.texture, np.einsum("nk,nkc->nc", w, spot.uvs[corners]))
         n = np.einsum("nk,nkc->nc", w, spot.normals[corners])
-        return {"albedo": albedo, "roughness": np.full(len(positions), 0.4),
-                "normal": n / np.linalg.norm(n, axis=1, keepdims=True)}
+        return {"albedo": albedo, "roughness": np.full(len(positions), 0.4), "specular": np.zeros(len(positions)),
+                "glossiness": np.full(len(positions), 20.0), "normal": n / np.linalg.norm(n, axis=1, keepdims=True)}
 
     return material_fn
 
@@ -91,12 +91,14 @@ def spot_glb(tmp_path_factory, spot, spot_mesh):
     mesh, _ = spot_mesh
     atlas = unwrap(mesh, texture_size=512, padding_px=4)
     frames = tangent_frames(atlas, mesh.vertex_normals[atlas.source_vertex])
-    textures = bake_textures(atlas, frames, spot_material(spot), 512)
+    raster = rasterize_uv(atlas, 512)
+    maps = bake_surface_maps(atlas, frames, raster, spot_material(spot))
+    textures = encode_textures(maps, atlas, frames, raster)
     path = tmp_path_factory.mktemp("export") / "spot.glb"
     write_glb(path, TexturedMesh(atlas.vertices, frames.normals, frames.tangents, atlas.uvs, atlas.faces,
-                                 png_bytes(textures.base_colour), png_bytes(textures.metallic_roughness),
-                                 png_bytes(textures.normal)))
-    return path, atlas, frames, textures
+                                 png_bytes(textures.base_colour), png_bytes(textures.orm),
+                                 png_bytes(textures.normal), png_bytes(textures.specular)))
+    return path, atlas, frames, textures, maps
 
 
 def test_mesh_from_density_recovers_the_true_surface(spot, spot_mesh):
@@ -211,7 +213,7 @@ def test_silhouette_threshold_choice_matches_masks(spot, spot_density):
 
 
 def test_uv_atlas_covers_the_mesh_without_overlap(spot_glb, spot_mesh):
-    _, atlas, _, _ = spot_glb
+    _, atlas, _, _, _ = spot_glb
     mesh, _ = spot_mesh
     assert len(atlas.faces) == len(mesh.faces)
     np.testing.assert_array_equal(atlas.vertices, mesh.vertices[atlas.source_vertex])
@@ -230,7 +232,7 @@ def test_uv_atlas_covers_the_mesh_without_overlap(spot_glb, spot_mesh):
 
 def test_baked_texture_reproduces_the_colour_function(spot, spot_glb):
     """Texels looked up at random surface points give back the true albedo (sRGB, 8 bits)."""
-    _, atlas, _, textures = spot_glb
+    _, atlas, _, textures, maps = spot_glb
     rng = np.random.default_rng(1)
     face = rng.integers(0, len(atlas.faces), 4000)
     w = rng.dirichlet(np.ones(3), 4000) * 0.9 + 0.1 / 3  # away from the edges, where texels are shared
@@ -241,13 +243,14 @@ def test_baked_texture_reproduces_the_colour_function(spot, spot_glb):
     error = np.abs(baked - truth)
     # Spot's texture has hard edges between patches, which a 512^2 bake blurs: look at the median.
     assert np.median(error) < 0.01 and np.mean(error) < 0.04, (np.median(error), np.mean(error))
-    assert np.all(textures.metallic_roughness[..., 2] == 0)  # metallic 0
-    np.testing.assert_allclose(textures.metallic_roughness[textures.coverage][:, 1], round(0.4 * 255), atol=1)
+    assert np.all(textures.orm[..., 2] == 0) and np.all(textures.orm[..., 0] == 255)  # metallic 0, no occlusion given
+    np.testing.assert_allclose(textures.orm[maps.coverage][:, 1], round(0.4 * 255), atol=1)
+    assert np.all(textures.specular == 0)
 
 
 def test_normal_map_gives_back_the_material_normals_under_the_viewer_rule(spot, spot_glb):
     """Decoding the normal map as a glTF viewer does (TBN from NORMAL and TANGENT) gives the true normals."""
-    path, atlas, _, _ = spot_glb
+    path, atlas, _, _, _ = spot_glb
     model = read_glb(path)
     rng = np.random.default_rng(2)
     face = rng.integers(0, len(model.faces), 3000)
@@ -264,7 +267,7 @@ def test_normal_map_gives_back_the_material_normals_under_the_viewer_rule(spot, 
 
 
 def test_glb_passes_the_khronos_validator_and_reads_back(spot_glb):
-    path, atlas, frames, textures = spot_glb
+    path, atlas, frames, textures, _ = spot_glb
     report = validate_gltf(path)
     assert report.errors == 0, report.messages
     assert report.warnings == 0, report.messages
@@ -275,17 +278,20 @@ def test_glb_passes_the_khronos_validator_and_reads_back(spot_glb):
     np.testing.assert_array_equal(model.base_colour, textures.base_colour)
     np.testing.assert_array_equal(model.tangents[:, 3], frames.tangents[:, 3])
     doc = model.document
-    pbr = doc["materials"][0]["pbrMetallicRoughness"]
+    material = doc["materials"][0]
+    pbr = material["pbrMetallicRoughness"]
     assert pbr["baseColorTexture"]["index"] == 0 and pbr["metallicRoughnessTexture"]["index"] == 1
-    assert doc["materials"][0]["normalTexture"]["index"] == 2
-    assert [i["mimeType"] for i in doc["images"]] == ["image/png"] * 3
+    assert material["occlusionTexture"]["index"] == 1 and material["normalTexture"]["index"] == 2
+    assert material["extensions"]["KHR_materials_specular"]["specularColorTexture"]["index"] == 3
+    assert doc["extensionsUsed"] == ["KHR_materials_specular"]
+    assert [i["mimeType"] for i in doc["images"]] == ["image/png"] * 4
 
 
 def test_obj_export_matches_the_glb(tmp_path, spot_glb):
     from stages.export import _write_obj
 
-    _, atlas, frames, _ = spot_glb
-    _write_obj(tmp_path, atlas, frames.normals)
+    _, atlas, frames, _, _ = spot_glb
+    _write_obj(tmp_path, atlas.vertices, atlas.uvs, atlas.faces, frames.normals)
     obj = trimesh.load(tmp_path / "model.obj", process=False, force="mesh")
     np.testing.assert_allclose(obj.vertices, atlas.vertices, atol=1e-5)
     np.testing.assert_array_equal(obj.faces, atlas.faces)
@@ -295,18 +301,18 @@ def test_obj_export_matches_the_glb(tmp_path, spot_glb):
 
 def test_validator_reports_errors_in_a_broken_glb(tmp_path, spot_glb):
     """The check can fail: a GLB whose index points past the vertices is an error."""
-    path, atlas, frames, textures = spot_glb
+    path, atlas, frames, textures, _ = spot_glb
     faces = atlas.faces.copy()
     faces[0, 0] = len(atlas.vertices) + 5
     broken = tmp_path / "broken.glb"
     write_glb(broken, TexturedMesh(atlas.vertices, frames.normals, frames.tangents, atlas.uvs, faces,
-                                   png_bytes(textures.base_colour), png_bytes(textures.metallic_roughness)))
+                                   png_bytes(textures.base_colour), png_bytes(textures.orm)))
     assert validate_gltf(broken).errors > 0
 
 
 def test_relit_render_of_the_export_matches_the_true_model(spot, spot_glb):
     """The exported GLB, rendered under a random SH light, against the ground-truth renderer."""
-    path, _, _, _ = spot_glb
+    path, _, _, _, _ = spot_glb
     from stages.common.cameras import Frame
 
     light = random_sh_light(np.random.default_rng(5))
@@ -340,7 +346,7 @@ def test_roughness_from_glossiness_is_monotone_and_in_range():
 def test_threejs_screenshot_in_headless_chromium(tmp_path, spot_glb):
     if chromium_path() is None:
         pytest.skip("chromium is not installed (apt-get install chromium): no browser to load the GLB in")
-    path, _, _, _ = spot_glb
+    path, _, _, _, _ = spot_glb
     png = tmp_path / "shot.png"
     assert screenshot_glb(path, png, width=320, height=240, yaw=210, pitch=15) == "ready"
     from PIL import Image

@@ -1,9 +1,16 @@
 """Reading photos safely and uniformly; writing the PNGs every stage exchanges.
 
-Photos arrive in every form (JPEG, PNG, greyscale, palette, 16-bit, with or without alpha,
-rotated by EXIF). `load_photo` turns any of them into 8-bit sRGB RGB plus an optional alpha,
-upright, after refusing files whose header announces more pixels than allowed (a
+Photos arrive in every form (JPEG, PNG, HEIC, camera RAW, greyscale, palette, 16-bit, with or
+without alpha, rotated by EXIF). `load_photo` turns any of them into 8-bit sRGB RGB plus an
+optional alpha, upright, after refusing files whose header announces more pixels than allowed (a
 decompression bomb is refused before it is decoded).
+
+Camera RAW files (RAW_SUFFIXES) are developed by LibRaw (rawpy) the way a camera's JPEG engine
+would: the camera's white balance, its colour matrix to sRGB, the sRGB tone curve and LibRaw's
+automatic brightness, turned upright by the file's own orientation. They are recognised by their
+suffix, because most are TIFF containers whose first image Pillow would happily return: a small
+embedded preview, not the photo. Their EXIF (focal length, camera) is read from that container
+(tifffile: DNG, CR2, NEF, ARW, ...); it is empty for RAW formats that are no TIFF (CR3, RAF).
 """
 from __future__ import annotations
 
@@ -23,6 +30,10 @@ try:  # iPhone photos: HEIC/HEIF through libheif
     register_heif_opener()
 except ImportError:  # pragma: no cover - pillow-heif is a dependency; without it HEIC is "not an image"
     pass
+
+
+RAW_SUFFIXES = frozenset({".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf",
+                          ".rw2", ".rwl", ".pef", ".srw", ".3fr", ".erf", ".kdc", ".mrw", ".x3f", ".iiq"})
 
 
 class UnreadableImage(Exception):
@@ -81,8 +92,57 @@ def _to_8bit_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.ascontiguousarray(rgba[..., :3]), (None if alpha.min() == 255 else alpha)
 
 
+# EXIF values of a RAW file's TIFF container that ingest reads as numbers (rationals arrive as
+# (numerator, denominator)), and tifffile's names for those Pillow names differently.
+_RAW_RATIONALS = ("FocalLength", "FocalPlaneXResolution", "FocalPlaneYResolution")
+_RAW_RENAMED = {"PixelXDimension": "ExifImageWidth", "PixelYDimension": "ExifImageHeight"}
+
+
+def _raw_exif(path: Path) -> dict:
+    """The EXIF of a TIFF-based RAW file (its first IFD merged with its Exif IFD, as Pillow names
+    them), read without decoding any image; {} when it is no TIFF container (CR3, RAF) or a broken one."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = {tag.name: tag.value for tag in tif.pages[0].tags}
+    except Exception:  # no EXIF must not make a good photo unusable
+        return {}
+    exif = tags.pop("ExifTag", None)
+    merged = tags | (exif if isinstance(exif, dict) else {})
+    merged = {_RAW_RENAMED.get(k, k): v for k, v in merged.items()}
+    for name in _RAW_RATIONALS:
+        value = merged.get(name)
+        if isinstance(value, tuple) and len(value) == 2 and value[1]:
+            merged[name] = value[0] / value[1]
+    return merged
+
+
+def _load_raw(path: Path, max_pixels: int) -> Photo:
+    """Develop a camera RAW file (see the module docstring) -> an upright 8-bit sRGB Photo."""
+    import rawpy
+
+    try:
+        with rawpy.imread(str(path)) as raw:
+            w, h = raw.sizes.width, raw.sizes.height
+            if w * h > max_pixels:
+                raise UnreadableImage(f"{w}x{h} = {w * h:,} pixels is over the limit of "
+                                      f"{max_pixels:,} (ingest.max_pixels)")
+            rgb = raw.postprocess(use_camera_wb=True, output_color=rawpy.ColorSpace.sRGB, gamma=(2.4, 12.92),
+                                  output_bps=8)  # sRGB tone curve (LibRaw defaults to BT.709)
+    except UnreadableImage:
+        raise
+    except (rawpy.LibRawError, OSError, ValueError) as e:
+        raise UnreadableImage(f"camera RAW file LibRaw cannot develop ({e})") from None
+    if rgb.shape[0] < 16 or rgb.shape[1] < 16:
+        raise UnreadableImage(f"too small ({rgb.shape[1]}x{rgb.shape[0]} pixels)")
+    return Photo(np.ascontiguousarray(rgb), None, _raw_exif(path))
+
+
 def load_photo(path: Path, max_pixels: int) -> Photo:
     """Decode a photo upright, as 8-bit RGB (+ alpha), refusing oversized or broken files."""
+    if Path(path).suffix.lower() in RAW_SUFFIXES:
+        return _load_raw(Path(path), max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -99,7 +159,7 @@ def load_photo(path: Path, max_pixels: int) -> Photo:
     except UnreadableImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise UnreadableImage("not an image format neroic reads (JPEG, PNG, HEIC, TIFF, WebP)") from None
+        raise UnreadableImage("not an image format neroic reads (JPEG, PNG, HEIC, TIFF, WebP, camera RAW)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImage(f"corrupt or truncated image ({e})") from None
     if rgb.shape[0] < 16 or rgb.shape[1] < 16:

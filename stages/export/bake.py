@@ -2,15 +2,24 @@
 
     raster = rasterize_uv(atlas, size)                       # which face and where, per texel
     frame = tangent_frames(atlas, vertex_normals)            # per-vertex normal + glTF tangent
-    textures = bake_textures(atlas, frame, material_fn, size)
-    textures.base_colour [H, W, 3] uint8 sRGB-encoded albedo
-    textures.metallic_roughness [H, W, 3] uint8 linear (R 255 unused, G roughness, B metallic 0)
+    maps = bake_surface_maps(atlas, raster, material_fn, photos, occlusion)   # float maps
+    textures = encode_textures(maps, atlas, frame, raster)   # the PNGs' pixels
+    textures.base_colour [H, W, 3] uint8 sRGB: albedo / (occlusion (1 - k_s)), see encode_textures
+    textures.orm [H, W, 3] uint8 linear: R ambient occlusion, G roughness, B metallic (0)
+    textures.specular [H, W, 3] uint8 sRGB-encoded grey: the specular strength k_s (= F0)
     textures.normal [H, W, 3] uint8 tangent-space normals, (n + 1) / 2
 
 `material_fn(positions [N, 3] world, normals [N, 3] world unit) -> dict(albedo=[N, 3] linear RGB
 in [0, 1], roughness=[N] in [0, 1], normal=[N, 3] world unit, specular=[N], glossiness=[N])` is
-any callable; the export stage wraps the material stage's field in one. Texels no triangle covers take the value of the nearest
-covered texel (island dilation), so bilinear filtering and mip-maps never mix in background.
+any callable; the export stage wraps the material stage's field in one. Texels no triangle
+covers take the value of the nearest covered texel (island dilation), so bilinear filtering and
+mip-maps never mix in background.
+
+The learned material maps onto glTF's metallic-roughness model with KHR_materials_specular:
+roughness from glossiness (roughness_from_glossiness), metallic 0, and the specular strength k_s
+as the dielectric's F0 (specular_colour_texture); glossiness_from_roughness and
+specular_from_texture undo both, so a renderer of the exported maps (preview.py) shades with
+the material stage's own lobe.
 
 Tangent frames follow what glTF viewers do with a TANGENT attribute: the shader interpolates the
 vertex normal N, tangent T and bitangent B = cross(N, T) * w across the triangle, normalises
@@ -28,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.common.colour import linear_to_srgb
+from stages.common.colour import linear_to_srgb, srgb_to_linear
 from stages.export.uv_atlas import UVMesh
 
 MaterialFn = Callable[[np.ndarray, np.ndarray], dict]
@@ -47,6 +56,45 @@ def roughness_from_glossiness(s) -> np.ndarray:
     """
     s = np.maximum(np.asarray(s, dtype=np.float64), 0.0)
     return (2.0 * s + 1.0) ** -0.25
+
+
+def glossiness_from_roughness(roughness) -> np.ndarray:
+    """The inverse of roughness_from_glossiness: glTF roughness in (0, 1] -> Phong glossiness s."""
+    r = np.clip(np.asarray(roughness, dtype=np.float64), 1e-3, 1.0)
+    return 0.5 * (r ** -4.0 - 1.0)
+
+
+# KHR_materials_specular: F0 = min(F0(ior) * specularColorFactor * specularColorTexture, 1) * specularFactor,
+# F0(ior) = ((ior - 1) / (ior + 1))^2 = 0.04 at glTF's default ior 1.5.
+F0_DEFAULT_IOR = 0.04
+SPECULAR_COLOUR_FACTOR = 1.0 / F0_DEFAULT_IOR
+
+
+def specular_colour_texture(k_s: np.ndarray) -> np.ndarray:
+    """NeROIC's specular strength k_s [...] -> KHR_materials_specular's specularColorTexture values
+    (sRGB-encoded, in [0, 1]), which with specularColorFactor SPECULAR_COLOUR_FACTOR make F0 = k_s.
+
+    NeROIC's specular radiance is k_s * sum_l exp(-l^2 / (2 s)) sum_m c_lm Y_lm(r): the light
+    convolved with a lobe whose band-0 transfer is 1, so a uniform light L gives k_s L whatever
+    the glossiness. A microfacet BRDF with Fresnel F0 under a uniform light reflects L (F0 A + B)
+    (the split-sum terms of Karis 2013), and near normal incidence at the roughness the lobes
+    have here (<= 0.5) A ~ 1 and B ~ 0: the specular strength k_s is the dielectric's F0. With
+    KHR_materials_specular at ior 1.5 (F0(ior) = 0.04), specularColorFactor = 1 / 0.04 = 25 and a
+    specularColorTexture holding k_s (sRGB-encoded, as the extension's colour textures are) give
+    F0 = min(0.04 * 25 * k_s, 1) * specularFactor 1 = k_s. A PBR renderer also takes the light the
+    lobe reflects away from the diffuse layer, diffuse * (1 - F) (glTF's fresnel_mix; three.js
+    scales its diffuse by 1 - (F0 A + B)); NeROIC's diffuse is not reduced, so the base colour
+    carries albedo / (1 - k_s) (encode_textures), exact at normal incidence. What stays
+    different: PBR Fresnel brightens the lobe towards grazing angles, where NeROIC's is constant.
+    """
+    return linear_to_srgb(np.clip(np.asarray(k_s, dtype=np.float64), 0.0, 1.0))
+
+
+def specular_from_texture(texel_srgb01: np.ndarray, colour_factor: float = SPECULAR_COLOUR_FACTOR,
+                          factor: float = 1.0, f0_ior: float = F0_DEFAULT_IOR) -> np.ndarray:
+    """The inverse of specular_colour_texture, by the extension's rule: F0 (= NeROIC's k_s) from the
+    specular colour texture's sRGB-encoded values in [0, 1] [...] (grey: any channel) -> k_s [...]."""
+    return np.minimum(f0_ior * colour_factor * srgb_to_linear(texel_srgb01).astype(np.float64), 1.0) * factor
 
 
 def to_uint8(x01: np.ndarray) -> np.ndarray:
@@ -157,55 +205,126 @@ def dilate(values: np.ndarray, covered: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class Textures:
-    """Baked images, all [size, size, 3] uint8, row 0 = top (v = 0); coverage [size, size] bool;
-    photo_confidence [size, size] in [0, 1]: how much of each texel's albedo came from the photos."""
+class SurfaceMaps:
+    """What the material is at every texel of one atlas (size x size, row 0 = v 0), float32, islands
+    dilated: albedo [H, W, 3] linear RGB as the material stage shades it, roughness [H, W] (glTF),
+    specular [H, W] (k_s), occlusion [H, W] (1 = open sky), normal [H, W, 3] world unit (the
+    material's refined normal); coverage [H, W] bool; photo_confidence [H, W] in [0, 1]: how much
+    of the albedo came from the photos."""
 
-    base_colour: np.ndarray
-    metallic_roughness: np.ndarray
+    albedo: np.ndarray
+    roughness: np.ndarray
+    specular: np.ndarray
+    occlusion: np.ndarray
     normal: np.ndarray
     coverage: np.ndarray
     photo_confidence: np.ndarray
 
+    @property
+    def size(self) -> int:
+        return int(self.coverage.shape[0])
 
-def bake_textures(atlas: UVMesh, frames: TangentFrames, material_fn: MaterialFn, size: int,
-                  photos=None, chunk: int = 1 << 16, progress: Callable = lambda it, total: it) -> Textures:
-    """Query material_fn at the surface point behind every covered texel and fill the three maps.
 
-    The surface normal passed to material_fn is the interpolated (smooth) vertex normal; the
-    material's own refined normal goes into the normal map. With `photos` (a
-    photo_texture.PhotoAlbedo), the albedo is the photos' de-lit estimate where they see the
-    texel, blended into the material's by their confidence. Queries go `chunk` texels at a
-    time; `progress` wraps the chunk iterator and gets (iterable, total).
+def bake_surface_maps(atlas: UVMesh, frames: TangentFrames, raster: UVRaster, material_fn: MaterialFn, photos=None,
+                      occlusion: np.ndarray | None = None, chunk: int = 1 << 16,
+                      progress: Callable = lambda it, total: it) -> SurfaceMaps:
+    """Query material_fn at the surface point behind every covered texel of `raster`.
+
+    The surface normal passed to material_fn is the interpolated (smooth) vertex normal of
+    `frames`. With `photos` (a photo_texture.PhotoAlbedo), the albedo is the photos' de-lit
+    estimate where they see the texel, blended into the material's by their confidence.
+    `occlusion` [V] per atlas vertex (occlusion.py) is interpolated across the faces; None: 1.
+    Queries go `chunk` texels at a time; `progress` wraps the chunk iterator and gets (iterable, total).
     """
-    raster = rasterize_uv(atlas, size)
+    size = raster.face.shape[0]
     idx = np.flatnonzero(raster.covered.ravel())
     face = raster.face.ravel()[idx]
     bary = raster.bary.reshape(-1, 3)[idx]
-    albedo = np.zeros((size * size, 3))
-    confidence = np.zeros(size * size)
-    roughness = np.zeros(size * size)
-    normal_ts = np.zeros((size * size, 3))
-    bitangents = np.cross(frames.normals, frames.tangents[:, :3]) * frames.tangents[:, 3:]
+    albedo = np.zeros((size * size, 3), dtype=np.float32)
+    confidence = np.zeros(size * size, dtype=np.float32)
+    roughness = np.zeros(size * size, dtype=np.float32)
+    specular = np.zeros(size * size, dtype=np.float32)
+    normal = np.zeros((size * size, 3), dtype=np.float32)
+    open_sky = np.ones(size * size, dtype=np.float32)
     for start in progress(range(0, len(idx), chunk), math.ceil(len(idx) / chunk)):
         sl = slice(start, start + chunk)
         f, w = face[sl], bary[sl]
+        texels = idx[sl]
         pos = _interpolate(atlas.vertices, atlas.faces, f, w)
         n = _unit(_interpolate(frames.normals, atlas.faces, f, w))
-        t = _unit(_interpolate(frames.tangents[:, :3], atlas.faces, f, w))
-        b = _unit(_interpolate(bitangents, atlas.faces, f, w))
         out = material_fn(pos, n)
-        texels = idx[sl]
-        albedo[texels] = out["albedo"]
+        a = np.asarray(out["albedo"], dtype=np.float64)
+        k_s = np.asarray(out["specular"], dtype=np.float64).reshape(-1)
+        refined = _unit(np.asarray(out["normal"], dtype=np.float64).reshape(-1, 3))
         if photos is not None:
-            seen, confidence[texels] = photos.estimate(pos, n, out["normal"], out["specular"], out["glossiness"])
-            albedo[texels] += confidence[texels, None] * (seen - albedo[texels])
+            seen, c = photos.estimate(pos, n, refined, k_s, np.asarray(out["glossiness"], dtype=np.float64))
+            a = a + c[:, None] * (seen - a)
+            confidence[texels] = c
+        albedo[texels] = a
         roughness[texels] = np.asarray(out["roughness"], dtype=np.float64).reshape(-1)
-        normal_ts[texels] = world_to_tangent(_unit(np.asarray(out["normal"], dtype=np.float64).reshape(-1, 3)), n, t, b)
-    normal_ts[~raster.covered.ravel()] = (0.0, 0.0, 1.0)
+        specular[texels] = k_s
+        normal[texels] = refined
+        if occlusion is not None:
+            open_sky[texels] = _interpolate(np.asarray(occlusion, dtype=np.float64)[:, None], atlas.faces, f, w)[:, 0]
     covered = raster.covered
-    rgb = to_uint8(linear_to_srgb(albedo.reshape(size, size, 3)))
-    mr = np.stack([np.ones(size * size), roughness, np.zeros(size * size)], axis=1).reshape(size, size, 3)
-    nrm = to_uint8((normal_ts.reshape(size, size, 3) + 1.0) / 2.0)
-    return Textures(dilate(rgb, covered), dilate(to_uint8(mr), covered), dilate(nrm, covered), covered,
-                    confidence.reshape(size, size))
+
+    def image(values: np.ndarray, channels: int) -> np.ndarray:
+        shape = (size, size, channels) if channels > 1 else (size, size)
+        return dilate(values.reshape(shape), covered)
+
+    return SurfaceMaps(image(albedo, 3), image(roughness, 1), image(specular, 1), image(open_sky, 1),
+                       image(normal, 3), covered, confidence.reshape(size, size))
+
+
+@dataclass
+class Textures:
+    """The PNGs' pixels, all [size, size, 3] uint8, row 0 = top (v = 0) (see the module docstring)."""
+
+    base_colour: np.ndarray
+    orm: np.ndarray
+    specular: np.ndarray
+    normal: np.ndarray
+
+
+# Occlusion below this is not divided out of the albedo any further (8-bit maps, noisy deep cavities);
+# a specular strength above MAX_SPECULAR would leave the diffuse nothing (albedo / (1 - k_s)).
+MIN_OCCLUSION = 0.05
+MAX_SPECULAR = 0.95
+
+
+def encode_textures(maps: SurfaceMaps, atlas: UVMesh, frames: TangentFrames, raster: UVRaster,
+                    chunk: int = 1 << 16) -> Textures:
+    """SurfaceMaps -> the glTF textures of one atlas (raster: the same atlas at maps.size).
+
+    Base colour = albedo / (occlusion * (1 - k_s)), sRGB-encoded. The photos' albedo holds the
+    ambient occlusion the SH model has no term for, and PBR renderers multiply the occlusion map
+    into their ambient light again, so it moves from the albedo into the map; and they take
+    1 - F0 from the diffuse (specular_colour_texture). A renderer that does both gives back the
+    material's albedo exactly. The occlusion map never darkens a texel further than its albedo
+    allows (occlusion >= max over channels of albedo / (1 - k_s)): where the photos show a bright
+    surface, the light was evidently not blocked that much, and a base colour above 1 could not
+    be stored. A renderer that ignores the occlusion map (Blender's importer) shows cavities a
+    little too bright.
+    The normal map holds each texel's world normal in the tangent frame a viewer builds there.
+    """
+    size = maps.size
+    k_s = np.clip(maps.specular, 0.0, MAX_SPECULAR)
+    brightest = maps.albedo.max(axis=-1) / (1.0 - k_s)
+    occlusion = np.clip(np.maximum(maps.occlusion, brightest), MIN_OCCLUSION, 1.0)
+    base = maps.albedo / (occlusion * (1.0 - k_s))[..., None]
+    orm = np.stack([occlusion, maps.roughness, np.zeros_like(maps.roughness)], axis=-1)
+    specular = np.repeat(specular_colour_texture(k_s)[..., None], 3, axis=-1)
+
+    normal_ts = np.zeros((size * size, 3), dtype=np.float32)
+    normal_ts[:] = (0.0, 0.0, 1.0)
+    idx = np.flatnonzero(raster.covered.ravel())
+    bitangents = np.cross(frames.normals, frames.tangents[:, :3]) * frames.tangents[:, 3:]
+    for start in range(0, len(idx), chunk):
+        texels = idx[start:start + chunk]
+        face, bary = raster.face.ravel()[texels], raster.bary.reshape(-1, 3)[texels]
+        n = _unit(_interpolate(frames.normals, atlas.faces, face, bary))
+        t = _unit(_interpolate(frames.tangents[:, :3], atlas.faces, face, bary))
+        b = _unit(_interpolate(bitangents, atlas.faces, face, bary))
+        normal_ts[texels] = world_to_tangent(_unit(maps.normal.reshape(-1, 3)[texels].astype(np.float64)), n, t, b)
+    nrm = dilate(to_uint8((normal_ts.reshape(size, size, 3) + 1.0) / 2.0), raster.covered)
+    return Textures(to_uint8(linear_to_srgb(base)), to_uint8(orm), to_uint8(specular), nrm)

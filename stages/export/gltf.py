@@ -1,15 +1,18 @@
 """glTF 2.0 binary (GLB) writing and reading for one textured PBR mesh, with numpy, json and struct.
 
     write_glb(path, TexturedMesh(positions, normals, tangents, uvs, faces,
-                                 base_colour_png, metallic_roughness_png, normal_png))
+                                 base_colour_png, orm_png, normal_png, specular_png))
     model = read_glb(path)      # the same arrays back, textures decoded
 
-Written: one scene, one node (no transform: vertices are in the pipeline's world frame, +Y up
-as glTF expects), one mesh primitive (triangles) with POSITION, NORMAL, TANGENT, TEXCOORD_0 and
-uint32 (or uint16) indices, and one material: pbrMetallicRoughness with baseColorTexture (sRGB
-albedo), metallicRoughnessTexture (G roughness, B metallic, both linear), normalTexture
-(tangent space, per the frames in bake.py). Textures are PNGs embedded in the binary chunk,
-sampled with trilinear filtering and clamped at the edges (an atlas does not tile).
+Written: one scene, one node (no transform: vertices are in the model's frame, +Y up as glTF
+expects), one mesh primitive (triangles) with POSITION, NORMAL, TANGENT, TEXCOORD_0 and
+uint32 (or uint16) indices, and one material: pbrMetallicRoughness with baseColorTexture (sRGB),
+one ORM texture (R ambient occlusion, G roughness, B metallic, all linear) serving as both
+occlusionTexture and metallicRoughnessTexture, normalTexture (tangent space, per the frames in
+bake.py), and KHR_materials_specular's specularColorTexture with specularColorFactor 25 (the
+learned specular strength as F0: bake.specular_colour_texture). Textures are PNGs embedded in
+the binary chunk, sampled with trilinear filtering and clamped at the edges (an atlas does not
+tile). The extension is used, not required: a viewer without it shows F0 0.04.
 Writing the file ourselves keeps every byte accounted for: the Khronos validator runs on it in
 the tests.
 """
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from stages.export.bake import F0_DEFAULT_IOR, SPECULAR_COLOUR_FACTOR
 
 GLB_MAGIC = 0x46546C67  # "glTF"
 CHUNK_JSON = 0x4E4F534A  # "JSON"
@@ -36,8 +41,9 @@ DTYPES = {FLOAT: np.float32, UNSIGNED_SHORT: np.uint16, UNSIGNED_INT: np.uint32,
 
 @dataclass
 class TexturedMesh:
-    """What goes into the GLB: positions [V, 3] world, normals [V, 3] unit, tangents [V, 4]
-    (xyz unit, w = +-1), uvs [V, 2] (glTF: v down), faces [F, 3]; textures as PNG bytes."""
+    """What goes into the GLB: positions [V, 3] model frame, normals [V, 3] unit, tangents [V, 4]
+    (xyz unit, w = +-1), uvs [V, 2] (glTF: v down), faces [F, 3]; textures as PNG bytes (see
+    bake.Textures: base colour, ORM, tangent-space normals, specular colour)."""
 
     positions: np.ndarray
     normals: np.ndarray
@@ -45,8 +51,9 @@ class TexturedMesh:
     uvs: np.ndarray
     faces: np.ndarray
     base_colour_png: bytes
-    metallic_roughness_png: bytes
+    orm_png: bytes
     normal_png: bytes | None = None
+    specular_png: bytes | None = None
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -118,8 +125,7 @@ def glb_bytes(model: TexturedMesh, generator: str = "neroic", extras: dict | Non
     index_type = UNSIGNED_SHORT if n_vertices < 65535 else UNSIGNED_INT
     indices = b.accessor(np.asarray(model.faces).reshape(-1), "SCALAR", index_type, ELEMENT_ARRAY_BUFFER)
 
-    pngs = [model.base_colour_png, model.metallic_roughness_png] + ([model.normal_png] if model.normal_png else [])
-    images = [{"bufferView": b.view(p), "mimeType": "image/png"} for p in pngs]
+    pngs = [model.base_colour_png, model.orm_png]
     material = {
         "name": "neroic_material",
         "pbrMetallicRoughness": {
@@ -128,9 +134,18 @@ def glb_bytes(model: TexturedMesh, generator: str = "neroic", extras: dict | Non
             "metallicFactor": 1.0,  # scales the texture's B channel, which holds the metallic value
             "roughnessFactor": 1.0,
         },
+        "occlusionTexture": {"index": 1},
     }
     if model.normal_png:
-        material["normalTexture"] = {"index": 2}
+        material["normalTexture"] = {"index": len(pngs)}
+        pngs.append(model.normal_png)
+    extensions = []
+    if model.specular_png:
+        material["extensions"] = {"KHR_materials_specular": {
+            "specularColorTexture": {"index": len(pngs)}, "specularColorFactor": [SPECULAR_COLOUR_FACTOR] * 3}}
+        pngs.append(model.specular_png)
+        extensions.append("KHR_materials_specular")
+    images = [{"bufferView": b.view(p), "mimeType": "image/png"} for p in pngs]
     doc = {
         "asset": {"version": "2.0", "generator": generator},
         "scene": 0,
@@ -147,6 +162,8 @@ def glb_bytes(model: TexturedMesh, generator: str = "neroic", extras: dict | Non
         "bufferViews": b.buffer_views,
         "buffers": [{"byteLength": 0}],
     }
+    if extensions:
+        doc["extensionsUsed"] = extensions
     if extras:
         doc["asset"]["extras"] = extras
     binary = b.data()
@@ -169,7 +186,8 @@ def write_glb(path: str | Path, model: TexturedMesh, generator: str = "neroic", 
 @dataclass
 class GLBModel:
     """A GLB's first primitive read back: arrays as in TexturedMesh, textures decoded to uint8
-    images [H, W, C] (None where absent)."""
+    images [H, W, C] (None where absent; occlusion may be the metallic-roughness image itself),
+    and KHR_materials_specular's factors (the extension's defaults when it is absent: F0 0.04)."""
 
     positions: np.ndarray
     normals: np.ndarray | None
@@ -180,6 +198,11 @@ class GLBModel:
     metallic_roughness: np.ndarray | None
     normal: np.ndarray | None
     document: dict
+    occlusion: np.ndarray | None = None
+    specular_colour: np.ndarray | None = None
+    specular_colour_factor: float = 1.0
+    specular_factor: float = 1.0
+    f0_ior: float = F0_DEFAULT_IOR
 
 
 def read_glb(path: str | Path) -> GLBModel:
@@ -208,16 +231,25 @@ def read_glb(path: str | Path) -> GLBModel:
         arr = np.frombuffer(raw, dtype=DTYPES[a["componentType"]], count=a["count"] * width)
         return arr.reshape(a["count"], width) if width > 1 else arr
 
+    decoded: dict[int, np.ndarray] = {}
+
     def texture(info: dict | None) -> np.ndarray | None:
         if info is None:
             return None
-        image = doc["images"][doc["textures"][info["index"]]["source"]]
-        return np.asarray(Image.open(io.BytesIO(view_bytes(image["bufferView"]))))
+        source = doc["textures"][info["index"]]["source"]
+        if source not in decoded:
+            decoded[source] = np.asarray(Image.open(io.BytesIO(view_bytes(doc["images"][source]["bufferView"]))))
+        return decoded[source]
 
     prim = doc["meshes"][0]["primitives"][0]
     attrs = prim["attributes"]
     material = doc["materials"][prim["material"]] if "material" in prim else {}
     pbr = material.get("pbrMetallicRoughness", {})
+    specular = material.get("extensions", {}).get("KHR_materials_specular", {})
+    ior = material.get("extensions", {}).get("KHR_materials_ior", {}).get("ior", 1.5)
+    colour_factor = specular.get("specularColorFactor", [1.0, 1.0, 1.0])
+    if len(set(colour_factor)) > 1 or "specularTexture" in specular:
+        raise ValueError(f"{path}: a coloured specularColorFactor or a specularTexture is not what neroic writes")
     return GLBModel(
         positions=accessor(attrs["POSITION"]).astype(np.float64),
         normals=None if "NORMAL" not in attrs else accessor(attrs["NORMAL"]).astype(np.float64),
@@ -228,4 +260,9 @@ def read_glb(path: str | Path) -> GLBModel:
         metallic_roughness=texture(pbr.get("metallicRoughnessTexture")),
         normal=texture(material.get("normalTexture")),
         document=doc,
+        occlusion=texture(material.get("occlusionTexture")),
+        specular_colour=texture(specular.get("specularColorTexture")),
+        specular_colour_factor=float(colour_factor[0]),
+        specular_factor=float(specular.get("specularFactor", 1.0)),
+        f0_ior=((ior - 1.0) / (ior + 1.0)) ** 2,
     )

@@ -3,27 +3,32 @@
     model = read_glb("model.glb")                    # or any GLBModel
     rgb, alpha = render_mesh_sh(model, frame, sh)    # frame: stages.common.cameras.Frame, sh [9, 3]
 
-A ray tracer (open3d's BVH) shades what a glTF viewer would show of the file, diffuse only:
-base colour (decoded from sRGB to linear) times albedo-irradiance albedo / pi * E(n) of the
-shared SH convention (stages.common.sh), with n the normal-mapped normal under the same
-tangent-frame rule the viewer uses (see bake.py). Output is linear RGB, like the synthetic
-captures' renderer, so both can be compared after sRGB encoding. The specular lobe is left out:
-the GLB's metallic-roughness model has no per-texel specular strength to match NeROIC's.
+A ray tracer (open3d's BVH) shades what the file's maps say, with the material stage's own
+model (stages/material/shading.py): the maps are decoded back into the learned material, and
+the SH light (the shared convention, stages.common.sh) lights it as the material stage does:
+    k_s      = F0 of KHR_materials_specular (bake.specular_from_texture; 0.04 without it)
+    s        = glossiness_from_roughness(roughness of the ORM texture's G channel)
+    albedo   = base colour (sRGB decoded) * (1 - k_s) * occlusion (R), what a PBR renderer
+               gives its diffuse layer under ambient light (bake.encode_textures)
+    colour   = shade(albedo, k_s, s, n, view, light): albedo / pi * E(n) + k_s * the Phong lobe
+with n the normal-mapped normal under the tangent-frame rule the viewer uses (see bake.py).
+Output is linear RGB, like the synthetic captures' renderer, so both can be compared after sRGB
+encoding.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from stages.common.cameras import Frame, undistort
-from stages.common.sh import sh_dominant_direction, sh_irradiance
+from stages.common.sh import sh_dominant_direction
 from stages.common.colour import srgb_to_linear
 from stages.common.images import sample_bilinear
+from stages.export.bake import glossiness_from_roughness, specular_from_texture
 from stages.export.gltf import GLBModel, read_glb
-from stages.material.shading import ambient_irradiance
+from stages.material.shading import shade
 
 
 def pixel_rays(frame: Frame, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -60,11 +65,25 @@ def shading_normals(model: GLBModel, face: np.ndarray, bary: np.ndarray, uv: np.
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-20)
 
 
+def surface_material(model: GLBModel, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The learned material decoded from the model's maps at glTF UVs [N, 2] (see the module
+    docstring): (diffuse albedo [N, 3] linear, occlusion and 1 - k_s folded in; k_s [N]; glossiness [N])."""
+    n = len(uv)
+    base = srgb_to_linear(sample_bilinear(model.base_colour[..., :3], uv) / 255.0).astype(np.float64)
+    roughness = (sample_bilinear(model.metallic_roughness[..., 1:2], uv)[:, 0] / 255.0
+                 if model.metallic_roughness is not None else np.ones(n))
+    occlusion = sample_bilinear(model.occlusion[..., :1], uv)[:, 0] / 255.0 if model.occlusion is not None else np.ones(n)
+    texel = sample_bilinear(model.specular_colour[..., :1], uv)[:, 0] / 255.0 if model.specular_colour is not None else np.ones(n)
+    k_s = specular_from_texture(texel, model.specular_colour_factor, model.specular_factor, model.f0_ior)
+    return base * ((1.0 - k_s) * occlusion)[:, None], k_s, glossiness_from_roughness(roughness)
+
+
 def render_mesh_sh(model: GLBModel | str | Path, frame: Frame, sh_light: np.ndarray,
                    supersample: int = 2, shadows: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The model seen by `frame` under SH light sh_light [9, 3] (linear RGB radiance), Lambertian.
-    With `shadows`, a shadow ray from each hit towards the light's dominant direction decides
-    whether the light's directional part arrives (the pipeline's shadow model, shading.py).
+    """The model seen by `frame` under SH light sh_light [9, 3] (linear RGB radiance), shaded with
+    the material stage's model from the exported maps (module docstring). With `shadows`, a
+    shadow ray from each hit towards the light's dominant direction decides whether the light's
+    directional part and the specular lobe arrive (the pipeline's shadow model, shading.py).
 
     Returns (rgb [H, W, 3] float32 linear, straight (not premultiplied), 0 where empty;
     alpha [H, W] float32 coverage), each pixel the mean of supersample^2 rays.
@@ -85,17 +104,18 @@ def render_mesh_sh(model: GLBModel | str | Path, frame: Frame, sh_light: np.ndar
     buv = hits["primitive_uvs"].numpy()[hit].astype(np.float64)
     bary = np.stack([1.0 - buv[:, 0] - buv[:, 1], buv[:, 0], buv[:, 1]], axis=1)
     uv = np.einsum("nk,nkc->nc", bary, model.uvs[model.faces[face]])
-    albedo = srgb_to_linear(sample_bilinear(model.base_colour[..., :3], uv) / 255.0)
+    albedo, k_s, glossiness = surface_material(model, uv)
     normal = shading_normals(model, face, bary, uv)
     coeffs = torch.from_numpy(np.asarray(sh_light, dtype=np.float64))
-    irradiance = sh_irradiance(coeffs, torch.from_numpy(normal)).numpy()
+    visibility = None
     if shadows:
         towards = np.broadcast_to(sh_dominant_direction(np.asarray(sh_light, dtype=np.float64)), normal.shape)
         points = origins[hit] + hits["t_hit"].numpy()[hit, None] * dirs[hit] + 1e-3 * normal
         rays = o3d.core.Tensor(np.concatenate([points, towards], axis=1).astype(np.float32))
-        blocked = scene.test_occlusions(rays).numpy().astype(np.float64)[:, None]
-        irradiance = irradiance - blocked * np.maximum(irradiance - ambient_irradiance(coeffs).numpy(), 0.0)
-    radiance = np.maximum(albedo / math.pi * irradiance, 0.0)
+        visibility = torch.from_numpy(1.0 - scene.test_occlusions(rays).numpy().astype(np.float64))
+    radiance = shade(torch.from_numpy(albedo), torch.from_numpy(k_s), torch.from_numpy(glossiness),
+                     torch.from_numpy(normal), torch.from_numpy(dirs[hit].astype(np.float64)), coeffs,
+                     visibility).rgb.numpy()
 
     ss, w, h = supersample, frame.w, frame.h
     rows, cols = np.divmod(np.flatnonzero(hit), w * ss)
@@ -104,5 +124,3 @@ def render_mesh_sh(model: GLBModel | str | Path, frame: Frame, sh_light: np.ndar
     rgb = np.stack([np.bincount(pixel, weights=radiance[:, c], minlength=w * h) for c in range(3)], axis=1)
     rgb /= np.maximum(count, 1.0)[:, None]
     return rgb.reshape(h, w, 3).astype(np.float32), (count / ss**2).reshape(h, w).astype(np.float32)
-
-

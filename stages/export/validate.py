@@ -2,13 +2,14 @@
 
     report = validate_gltf("model.glb")          # ValidationReport: errors, warnings, messages
     status = screenshot_glb("model.glb", "shot.png", width=800, height=600, yaw=30, pitch=20)
+    status = screenshot_page(page, "shot.png", 800, 600, {"report": 1})   # any page that reports
 
 Both run offline from tools/node/ (package.json there: npm `gltf-validator` and `three`;
 `npm ci --prefix tools/node` installs them). The validator runs under node on the file's bytes
 (tools/node/validate.js). The screenshot is three.js's GLTFLoader in Debian's headless Chromium
-with software WebGL (SwiftShader): the page tools/node/viewer.html and the model are served on
-127.0.0.1 from a free port, and the page posts back "ready" once it has drawn, so a load failure
-is an error here rather than a blank picture.
+with software WebGL (SwiftShader): the page (tools/node/screenshot.html for a GLB, or any page beside
+its files, as export/viewer.html) is served on 127.0.0.1 from a free port, and posts back
+"ready" once it has drawn, so a load failure is an error here rather than a blank picture.
 """
 from __future__ import annotations
 
@@ -74,17 +75,16 @@ def chromium_path() -> str | None:
     return None
 
 
-class _ViewerHandler(SimpleHTTPRequestHandler):
-    """Serves tools/node/ plus the model at /model.glb, and records the page's POST to /__status."""
+class _PageHandler(SimpleHTTPRequestHandler):
+    """Serves a folder plus extra files at fixed paths (`routes`), and records the page's POST to /__status."""
 
-    def __init__(self, *args, model: Path, status: list, **kwargs):
-        self._model, self._status = model, status
+    def __init__(self, *args, routes: dict[str, Path], status: list, **kwargs):
+        self._routes, self._status = routes, status
         super().__init__(*args, **kwargs)
 
     def translate_path(self, path: str) -> str:
-        if path.split("?", 1)[0] == "/model.glb":
-            return str(self._model)
-        return super().translate_path(path)
+        route = self._routes.get(path.split("?", 1)[0])
+        return str(route) if route is not None else super().translate_path(path)
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
         length = int(self.headers.get("Content-Length", 0))
@@ -98,28 +98,26 @@ class _ViewerHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def screenshot_glb(glb: str | Path, png: str | Path, width: int = 800, height: int = 600, yaw: float = 30.0,
-                   pitch: float = 20.0, background: str = "e8e8e8", timeout_s: float = 120.0) -> str:
-    """Render the GLB with three.js in headless Chromium and save a PNG screenshot; returns "ready".
+def screenshot_page(page: Path, png: str | Path, width: int, height: int, query: dict,
+                    routes: dict[str, Path] | None = None, timeout_s: float = 180.0) -> str:
+    """Serve page's folder (plus `routes`: URL path -> file), open page?query in headless Chromium
+    at width x height, save the screenshot; returns the status the page posted ("ready").
 
-    yaw/pitch (degrees) place the camera around the model's bounding box: yaw 0, pitch 0 looks
-    from +Z towards -Z, with +Y up. Raises ToolMissing without chromium or three, RuntimeError when
-    the page reports a load error or never reports (e.g. the virtual-time budget ran out).
+    Raises ToolMissing without chromium, RuntimeError when the page reports an error or never
+    reports (e.g. the virtual-time budget ran out).
     """
     browser = chromium_path()
     if browser is None:
         raise ToolMissing("chromium is not installed (apt-get install chromium); needed for screenshots")
-    if not (NODE_TOOLS / "node_modules" / "three").is_dir():
-        raise ToolMissing(f"the npm package three is not installed in {NODE_TOOLS}; {SETUP_HINT}")
     status: list[str] = []
-    handler = partial(_ViewerHandler, model=Path(glb).resolve(), status=status, directory=str(NODE_TOOLS))
+    handler = partial(_PageHandler, routes=routes or {}, status=status, directory=str(Path(page).resolve().parent))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     png = Path(png).resolve()
     try:
-        url = (f"http://127.0.0.1:{server.server_address[1]}/viewer.html?model=/model.glb"
-               f"&w={width}&h={height}&yaw={yaw}&pitch={pitch}&bg={quote(background)}")
+        url = (f"http://127.0.0.1:{server.server_address[1]}/{quote(Path(page).name)}?"
+               + "&".join(f"{k}={quote(str(v))}" for k, v in query.items()))
         with tempfile.TemporaryDirectory(prefix="neroic-chromium-") as profile:
             proc = subprocess.run(
                 [browser, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
@@ -134,8 +132,28 @@ def screenshot_glb(glb: str | Path, png: str | Path, width: int = 800, height: i
     if proc.returncode != 0 or not png.exists():
         raise RuntimeError(f"chromium failed (status {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     if not status:
-        raise RuntimeError("the viewer page never reported back (three.js not loaded, or the model took "
-                           "longer than the virtual-time budget)")
+        raise RuntimeError(f"the page {Path(page).name} never reported back (three.js not loaded, or the model "
+                           "took longer than the virtual-time budget)")
     if status[-1] != "ready":
-        raise RuntimeError(f"the viewer page failed to show {glb}: {status[-1]}")
+        raise RuntimeError(f"the page {Path(page).name} failed: {status[-1]}")
     return status[-1]
+
+
+def screenshot_glb(glb: str | Path, png: str | Path, width: int = 800, height: int = 600, yaw: float = 30.0,
+                   pitch: float = 20.0, background: str = "e8e8e8", timeout_s: float = 120.0) -> str:
+    """Render the GLB with three.js in headless Chromium and save a PNG screenshot; returns "ready".
+
+    yaw/pitch (degrees) place the camera around the model's bounding box: yaw 0, pitch 0 looks
+    from +Z towards -Z, with +Y up. Raises ToolMissing without chromium or three, RuntimeError when
+    the page reports a load error or never reports (e.g. the virtual-time budget ran out).
+    """
+    if not (NODE_TOOLS / "node_modules" / "three").is_dir():
+        raise ToolMissing(f"the npm package three is not installed in {NODE_TOOLS}; {SETUP_HINT}")
+    query = {"model": "/model.glb", "w": width, "h": height, "yaw": yaw, "pitch": pitch, "bg": background}
+    try:
+        return screenshot_page(NODE_TOOLS / "screenshot.html", png, width, height, query,
+                               routes={"/model.glb": Path(glb).resolve()}, timeout_s=timeout_s)
+    except ToolMissing:
+        raise
+    except RuntimeError as e:
+        raise RuntimeError(f"{e} (showing {glb})") from None
