@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages import STAGE_NAMES
 from stages.common.cameras import read_transforms
 from stages.common.images import read_rgb
 from stages.common.sh import read_lighting
 
-STAGES = ("ingest", "masks", "poses", "geometry", "normals", "material", "export")
 
 
 def merged_capture(capture: Path) -> tuple[Path, Path, list[str]]:
@@ -68,11 +68,12 @@ def run_pipeline(capture: Path, workdir: Path, profile: str, until: str, eval_ev
 
 def stage_costs(workdir: Path) -> dict:
     costs = {}
-    for name in STAGES:
+    for name in STAGE_NAMES:
         manifest = workdir / name / "manifest.json"
         if manifest.exists():
             m = json.loads(manifest.read_text())
-            costs[name] = {"seconds": round(m["seconds"], 1), "peak_rss_mb": m["peak_rss_mb"]}
+            costs[name] = {"seconds": round(m["seconds"], 1), "peak_rss_mb": m["peak_rss_mb"],
+                           "figure": m.get("summary", {}).get("figure", "")}
     return costs
 
 
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=40)
     parser.add_argument("--heldout", type=int, default=8)
     parser.add_argument("--profile", default="preview")
-    parser.add_argument("--until", choices=STAGES[3:], default="export")
+    parser.add_argument("--until", choices=STAGE_NAMES[3:], default="export")
     parser.add_argument("--eval-every", type=int, default=0, help="held-out PSNR every n training steps")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
@@ -206,17 +207,17 @@ def main(argv: list[str] | None = None) -> None:
     workdir = args.out / "work"
     run_pipeline(capture, workdir, args.profile, args.until, args.eval_every, args.overrides)
 
-    reached = STAGES.index(args.until)
+    reached = STAGE_NAMES.index(args.until)
     views = heldout_truth(capture)
     metrics = {"capture": {"lighting": args.lighting, "specular": args.specular, "shadows": args.shadows, "size": args.size,
                            "train": args.train, "heldout": args.heldout},
                "profile": args.profile, "costs": stage_costs(workdir),
                "geometry_stage": {k: v for k, v in json.loads((workdir / "geometry" / "metrics.json").read_text()).items()
                                   if k in ("steps", "train_seconds", "total_seconds", "heldout_psnr_masked")},
-               "geometry": geometry_metrics(workdir, views, with_normals=reached >= STAGES.index("normals"))}
-    if reached >= STAGES.index("material"):
+               "geometry": geometry_metrics(workdir, views, with_normals=reached >= STAGE_NAMES.index("normals"))}
+    if reached >= STAGE_NAMES.index("material"):
         metrics["material"] = material_metrics(workdir, capture, views)
-    if reached >= STAGES.index("export"):
+    if reached >= STAGE_NAMES.index("export"):
         metrics["export"] = export_metrics(workdir, capture, views, args.shadows)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))

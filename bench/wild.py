@@ -45,8 +45,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.spot_quality import stage_costs
+
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-STAGES = ("ingest", "masks", "poses", "geometry", "normals", "material", "export")
 
 
 def run_neroic(photos: Path, out: Path, extra: list[str], overrides: list[str]) -> float:
@@ -60,17 +61,6 @@ def run_neroic(photos: Path, out: Path, extra: list[str], overrides: list[str]) 
     if done.returncode != 0:
         raise SystemExit(f"neroic run failed with exit code {done.returncode}")
     return time.perf_counter() - started
-
-
-def stage_costs(workdir: Path) -> dict:
-    costs = {}
-    for name in STAGES:
-        manifest = workdir / name / "manifest.json"
-        if manifest.exists():
-            m = json.loads(manifest.read_text())
-            costs[name] = {"seconds": round(m["seconds"], 1), "peak_rss_mb": m["peak_rss_mb"],
-                           "figure": m.get("summary", {}).get("figure", "")}
-    return costs
 
 
 def mask_iou(workdir: Path, true_masks: Path) -> dict:

@@ -6,7 +6,7 @@ Outputs  masks/<stem>.png        8-bit greyscale mask at the working size (objec
          masks/masks.json        {"threshold": t, "masks": [{stem, mask, source, fraction, sharpness,
                                  status}]} source: "user" | "alpha" | "rembg"; status: "ok" |
                                  "empty" | "full" | "blurred" (sharpness: variance of the
-                                 Laplacian inside the mask)
+                                 Laplacian over variance of the grey levels, inside the mask)
          masks/contact_sheet.png every photo with its mask overlaid, excluded ones labelled red
 Config   [masks] model, use_alpha, min_fraction, max_fraction, threshold, min_relative_sharpness.
 Order    a user mask wins, then the photo's own alpha (use_alpha), then rembg with `model`.
@@ -85,7 +85,9 @@ def _classify(fraction: float, cfg: dict) -> str:
 
 def sharpness(rgb: np.ndarray, mask: np.ndarray) -> float:
     """Variance of the Laplacian of the photo's grey levels inside the mask (shrunk by a few
-    pixels, so the silhouette's own edge does not count): low for a blurred or shaken photo."""
+    pixels, so the silhouette's own edge does not count) over the variance of those grey levels:
+    low for a blurred or shaken photo, and the same for a dark or flat-lit one (the Laplacian
+    alone falls with the square of the contrast: a night photo of Spot scored 10 % of the median)."""
     import cv2
     from scipy.ndimage import binary_erosion
 
@@ -93,7 +95,10 @@ def sharpness(rgb: np.ndarray, mask: np.ndarray) -> float:
     if inner.sum() < 64:
         return 0.0
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    return float(cv2.Laplacian(grey, cv2.CV_32F)[inner].var())
+    contrast = float(grey[inner].var())
+    if contrast < 1e-6:
+        return 0.0
+    return float(cv2.Laplacian(grey, cv2.CV_32F)[inner].var()) / contrast
 
 
 def run(ctx: StageContext) -> dict:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,21 @@ def march_step(progress: float, cfg: TrainConfig) -> float:
     return cfg.step_size * cfg.coarse_step_factor ** (1.0 - fine)
 
 
+@contextmanager
+def interruptible_training(field, bar, checkpoint: Callable[[], None]) -> Iterator[None]:
+    """Around a training loop: Ctrl-C saves a checkpoint before it goes on up (the stage resumes
+    from it); whatever happens, every hash level is active again and the progress bar is closed."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        checkpoint()
+        raise
+    finally:
+        field.encoding.set_active_levels(float(field.encoding.n_levels))
+        if bar is not None:
+            bar.close()
+
+
 def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels: TrainingPixels,
                 cfg: TrainConfig, checkpoint_path: Path | None = None,
                 refinement: CameraRefinement | None = None, progress: Callable | None = None,
@@ -241,7 +257,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
         bar.update(step)
     use_refinement = refinement is not None and cfg.refine_cameras
     stopped_early = False
-    try:
+    with interruptible_training(field, bar, checkpoint):
         while step < cfg.steps:
             progress = training_progress(step, elapsed, cfg)
             if progress >= 1.0:
@@ -317,13 +333,6 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
                 run_eval()
             if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
                 checkpoint()
-    except KeyboardInterrupt:
-        checkpoint()
-        raise
-    finally:
-        field.encoding.set_active_levels(float(field.encoding.n_levels))
-        if bar is not None:
-            bar.close()
     run_eval()
     checkpoint()
     return TrainResult(curves, step, elapsed, resumed_from, stopped_early)

@@ -25,7 +25,7 @@ from stages.field.losses import psnr
 from stages.field.checkpoints import (config_key, generator_state, load_checkpoint, restore_generator,
                                       save_checkpoint)
 from stages.field.optim import adam
-from stages.field.training import TrainResult
+from stages.field.training import TrainResult, interruptible_training
 from stages.material.lighting import PhotoLighting, positivity_directions
 from stages.material.losses import (albedo_smoothness, colour_loss, light_positivity, normal_loss,
                                     normal_smoothness, specular_regulariser)
@@ -159,7 +159,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
         bar.update(step)
     stopped_early = False
     n_smooth = max(1, int(cfg.batch_size * cfg.smoothness_fraction))
-    try:
+    with interruptible_training(field, bar, checkpoint):
         while step < cfg.steps:
             if cfg.max_seconds > 0 and elapsed >= cfg.max_seconds:
                 stopped_early = True
@@ -206,12 +206,5 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
                 bar.update(1)
             if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
                 checkpoint()
-    except KeyboardInterrupt:
-        checkpoint()
-        raise
-    finally:
-        field.encoding.set_active_levels(float(field.encoding.n_levels))
-        if bar is not None:
-            bar.close()
     checkpoint()
     return TrainResult(curves, step, elapsed, resumed_from, stopped_early)

@@ -1,13 +1,13 @@
 """The poses stage's view of its inputs: ingest/photos.json joined with masks/masks.json."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from stages.common.inputs import read_listing
 from stages.errors import NeroicError
 
 
@@ -28,21 +28,10 @@ class PhotoInput:
     usable: bool  # the mask is "ok": only these photos are posed
 
 
-def _read_json(path: Path, key: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"no {key!r} list")
-        return data
-    except (OSError, ValueError, AttributeError) as e:
-        raise NeroicError(f"cannot read {path}: {e}",
-                          hint=f"rerun the {path.parent.name} stage with `neroic stage {path.parent.name} --force`") from None
-
-
 def load_photos(ingest: Path, masks: Path) -> tuple[list[PhotoInput], int]:
     """All ingested photos (usable or not) and the masks' object threshold (0-255)."""
-    photos = _read_json(ingest / "photos.json", "photos")["photos"]
-    mask_data = _read_json(masks / "masks.json", "masks")
+    photos = read_listing(ingest / "photos.json", "photos")["photos"]
+    mask_data = read_listing(masks / "masks.json", "masks")
     entries = {m["stem"]: m for m in mask_data["masks"]}
     threshold = int(mask_data.get("threshold", 128))
     out = []
