@@ -7,8 +7,10 @@ Inputs   ingest/ (the photos), geometry/ (the trained field, occupancy grid with
          lighting.json: the learned per-photo SH lights), poses/normalization.json (the frame).
 Method   1. the geometry field on a lattice of `resolution`^3 nodes over the occupied box: its
             signed distance (an SDF field) or its density;
-         2. the surface: an SDF's zero level; a density's level `threshold` (or, when 0, the one
-            whose marching-cubes mesh best matches the masks' silhouettes);
+         2. the surface: for an SDF, the level near zero (-1 to +4 grid spacings) whose mesh's
+            silhouettes best match the masks (a soft VolSDF density covers a little more than its
+            zero level, silhouette.choose_sdf_offset); for a density, the level `threshold` (or,
+            when 0, the one whose marching-cubes mesh best matches the masks' silhouettes);
          3. clean-up: solid pieces smaller than `min_component_fraction` of the largest, or
             centred outside the visual hull, dropped; for a density also the inside no photo saw
             into filled (depth maps at `visibility_opacity`) and thin tunnels and bridges removed
@@ -56,7 +58,7 @@ Outputs  export/model.glb        the most detailed level: glTF 2.0 binary, POSIT
          export/turntable.png    the same views on one sheet (the report shows it)
          export/screenshot.png   three.js in headless Chromium (when chromium is installed), seen
                                  from the first photo's side
-         export/export.json      threshold table, IoU per photo, mesh statistics, model_from_world
+         export/export.json      threshold (an SDF's offset) and its table, IoU per photo, mesh statistics, model_from_world
                                  (4x4, model <- pipeline world), per level: files, faces, texture
                                  size, bytes, validator counts; deliverables (what `neroic run`
                                  copies beside --out); timings
@@ -231,6 +233,7 @@ def _clean_mesh(ctx: StageContext, trained, frames, masks, cfg: dict, face_budge
     """The geometry field's surface, cleaned and decimated to face_budget -> (mesh, threshold,
     threshold table, stats); see steps 1-3 of the module docstring."""
     from stages.export.mesh import mesh_from_sdf
+    from stages.export.silhouette import choose_sdf_offset
     from stages.field.grids import evaluate_on_grid
 
     lo, hi = (v.cpu().numpy().astype(np.float64) for v in trained.grid.occupied_aabb())
@@ -244,9 +247,12 @@ def _clean_mesh(ctx: StageContext, trained, frames, masks, cfg: dict, face_budge
     if trained.field.is_sdf:
         sdf = evaluate_on_grid(lambda p: trained.field.sdf(p)[0], *box, res, nodes=True, progress=progress).cpu().numpy()
         lap("density")
-        mesh, stats = mesh_from_sdf(sdf, lo, hi, inside_hull, face_budget, int(cfg["taubin_iterations"]),
+        offset, table = choose_sdf_offset(sdf, lo, hi, frames, masks)
+        ctx.log.info("export: surface %.3g outside the SDF's zero level, chosen by silhouette IoU", offset)
+        lap("threshold")
+        mesh, stats = mesh_from_sdf(sdf - offset, lo, hi, inside_hull, face_budget, int(cfg["taubin_iterations"]),
                                     float(cfg["min_component_fraction"]))
-        return mesh, 0.0, [], stats
+        return mesh, offset, table, stats
     density = evaluate_on_grid(_density_function(trained), *box, res, nodes=True, progress=progress).cpu().numpy()
     return _mesh_of_density(density, lo, hi, frames, masks, inside_hull, {**cfg, "face_budget": face_budget}, ctx, lap)
 

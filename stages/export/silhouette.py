@@ -1,7 +1,8 @@
-"""How well a mesh's outline agrees with the photos' masks, and the density threshold that agrees best.
+"""How well a mesh's outline agrees with the photos' masks, and the surface level that agrees best.
 
     iou = silhouette_iou(mesh, frames, masks)               # per photo, in [0, 1]
     threshold, table = choose_threshold(density, aabb_min, aabb_max, frames, masks)
+    offset, table = choose_sdf_offset(sdf, aabb_min, aabb_max, frames, masks)
 
 Silhouettes are ray cast (open3d) at the masks' resolution scaled down to at most `max_size`
 pixels, one ray per pixel centre; masks are bool [H, W] (True = object) at their photo's size.
@@ -50,6 +51,16 @@ def silhouette_iou(mesh: trimesh.Trimesh, frames: Sequence[Frame], masks: Sequen
     return np.asarray(out)
 
 
+def best_level(candidates: Sequence[float], mesh_at: Callable[[float], trimesh.Trimesh], frames: Sequence[Frame],
+               masks: Sequence[np.ndarray], max_size: int) -> tuple[float, list[tuple[float, float]]]:
+    """The candidate level whose mesh `mesh_at(level)` has the best mean silhouette IoU ->
+    (best level, [(level, mean IoU)] for every candidate tried)."""
+    table = [(float(c), float(silhouette_iou(mesh_at(c), frames, masks, max_size).mean())) for c in candidates]
+    if not table:
+        raise ValueError("no candidate level leaves any solid")
+    return max(table, key=lambda row: row[1])[0], table
+
+
 def choose_threshold(density: np.ndarray, aabb_min, aabb_max, frames: Sequence[Frame], masks: Sequence[np.ndarray],
                      candidates: Sequence[float] | None = None, coarse_resolution: int = 96,
                      inside_hull: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -74,16 +85,33 @@ def choose_threshold(density: np.ndarray, aabb_min, aabb_max, frames: Sequence[F
         a, b = np.percentile(values, [20.0, 99.5])
         candidates = np.geomspace(max(a, 1e-6), max(b, 2e-6), 16)
     nodes = lattice_points(lo, hi, coarse.shape[0])
-    table = []
-    for t in candidates:
-        if not (coarse >= t).any():
-            continue
-        cleaned, _ = clean_volume(coarse, t, nodes, inside_hull, opacity=opacity,
-                                  hidden=None if hidden is None else hidden[::step, ::step, ::step],
+    hidden_coarse = None if hidden is None else hidden[::step, ::step, ::step]
+
+    def mesh_at(t: float) -> trimesh.Trimesh:
+        cleaned, _ = clean_volume(coarse, t, nodes, inside_hull, opacity=opacity, hidden=hidden_coarse,
                                   morphology_nodes=morphology_nodes)
-        mesh = marching_cubes(cleaned, t, lo, hi)
-        table.append((float(t), float(silhouette_iou(mesh, frames, masks, max_size).mean())))
-    if not table:
-        raise ValueError("no candidate threshold leaves any solid")
-    best = max(table, key=lambda row: row[1])
-    return best[0], table
+        return marching_cubes(cleaned, t, lo, hi)
+
+    return best_level([t for t in candidates if (coarse >= t).any()], mesh_at, frames, masks, max_size)
+
+
+# Levels tried for an SDF's surface, in grid spacings outside (+) or inside (-) its zero level.
+SDF_OFFSETS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def choose_sdf_offset(sdf: np.ndarray, aabb_min, aabb_max, frames: Sequence[Frame], masks: Sequence[np.ndarray],
+                      max_size: int = 256) -> tuple[float, list[tuple[float, float]]]:
+    """How far outside the zero level of a signed distance [R, R, R] (node grid, negative inside)
+    the surface whose silhouettes match the masks best lies, in world units -> (offset, table).
+
+    A VolSDF field is rendered through a soft density (its beta): a ray that grazes the surface
+    gathers opacity from the shell just outside it, so the silhouettes the field was trained to
+    match lie outside its zero level by up to a few beta. Early in training (beta still large, as
+    in the preview's few hundred steps) the zero-level mesh came out about a pixel thinner than
+    every photo's mask on spot-wild (IoU 0.93)."""
+    lo, hi = np.asarray(aabb_min, dtype=np.float64), np.asarray(aabb_max, dtype=np.float64)
+    spacing = float(np.mean((hi - lo) / (np.asarray(sdf.shape) - 1)))
+    outside = -float(np.abs(sdf).max()) - 1.0 - spacing * max(SDF_OFFSETS)
+    candidates = [spacing * k for k in SDF_OFFSETS if (sdf <= spacing * k).any()]
+    return best_level(candidates, lambda c: marching_cubes(c - sdf, 0.0, lo, hi, outside=outside),
+                      frames, masks, max_size)
