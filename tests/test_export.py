@@ -212,6 +212,32 @@ def test_silhouette_threshold_choice_matches_masks(spot, spot_density):
     assert silhouette_iou(mesh, frames, masks).min() > 0.95
 
 
+def test_sdf_surface_level_follows_the_masks():
+    """A sphere's signed distance whose zero level lies two grid steps inside the spheres the masks
+    show (as a soft VolSDF field's does): the export's level moves out by those two steps."""
+    import trimesh
+
+    from stages.common.cameras import Frame
+    from stages.export.mesh import lattice_points
+    from stages.export.silhouette import choose_sdf_offset, mesh_silhouette
+
+    lo, hi, res = [-1.0] * 3, [1.0] * 3, 64
+    spacing = 2.0 / (res - 1)
+    x, y, z = np.meshgrid(*lattice_points(lo, hi, res), indexing="ij")
+    sdf = np.sqrt(x ** 2 + y ** 2 + z ** 2) - 0.5
+    seen = trimesh.creation.icosphere(subdivisions=5, radius=0.5 + 2 * spacing)
+    frames, masks = [], []
+    for k in range(4):
+        az = 2 * math.pi * k / 4 + 0.3
+        frame = Frame(stem=f"v{k}", c2w=look_at(3.0 * np.array([math.sin(az), 0.4, math.cos(az)])),
+                      fl_x=160.0, fl_y=160.0, cx=64.0, cy=64.0, w=128, h=128)
+        frames.append(frame)
+        masks.append(mesh_silhouette(seen, frame))
+    offset, table = choose_sdf_offset(sdf, lo, hi, frames, masks)
+    assert offset == pytest.approx(2 * spacing), table
+    assert dict(table)[offset] > 0.97 > dict(table)[0.0]
+
+
 def test_uv_atlas_covers_the_mesh_without_overlap(spot_glb, spot_mesh):
     _, atlas, _, _, _ = spot_glb
     mesh, _ = spot_mesh
