@@ -212,11 +212,14 @@ def _agree(ctx: StageContext, frames, coverages, masks, sources, cameras, hull, 
             frames[i] = replace(frames[i], mask_path=f"masks/{frames[i].stem}.png")
     if entries:
         (folder / "masks.json").write_text(json.dumps({"threshold": threshold, "masks": entries}, indent=1))
-    for status in ("repaired", "dropped"):
-        named = [f"{frames[i].stem} ({v.why})" for i, v in enumerate(verdicts) if v.status == status]
-        if named:
-            ctx.log.warning("%s %d photo(s) whose mask disagrees with the other photos: %s",
-                            status, len(named), "; ".join(named))
+    cut = [f"{frames[i].stem} {100 * v.removed:.1f}%" for i, v in enumerate(verdicts) if v.status == "repaired"]
+    if cut:
+        ctx.log.warning("repaired the masks of %d photo(s) that reached outside the other photos' visual hull "
+                        "(share of the mask cut): %s", len(cut), ", ".join(cut))
+    dropped = [f"{frames[i].stem} ({v.why})" for i, v in enumerate(verdicts) if v.status == "dropped"]
+    if dropped:
+        ctx.log.warning("dropped %d photo(s) whose mask disagrees with the other photos: %s",
+                        len(dropped), "; ".join(dropped))
     return verdicts
 
 
