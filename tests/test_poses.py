@@ -602,6 +602,25 @@ def test_pose_accuracy_scores_a_known_error():
     assert result["scale"] == pytest.approx(1 / 0.3)
 
 
+def test_centred_rotation_looks_through_the_image_centre():
+    """A camera whose principal point is off the centre: the centred camera's optical axis is the
+    ray the calibrated camera sees at the image centre, and a centred camera stays as it is."""
+    from bench.poses_accuracy import centred_rotation, rotation_angle
+
+    rng = np.random.default_rng(3)
+    c2w = np.eye(4)
+    c2w[:3, :3], c2w[:3, 3] = random_rotation(rng), [0.3, -0.2, 2.0]
+    frame = Frame("a", c2w, 3310.4, 3325.5, 317.23, 201.05, 640, 480)
+    R = centred_rotation(frame)
+    point = c2w[:3, 3] + R @ np.array([0.0, 0.0, -1.5])  # 1.5 along the centred camera's axis
+    uv, depth = project(point[None], frame)
+    assert depth[0] > 0 and np.abs(uv[0] - [320.0, 240.0]).max() < 1e-6
+    assert rotation_angle(R.T @ c2w[:3, :3]) == pytest.approx(np.degrees(np.arctan(np.hypot(
+        2.77 / 3310.4, 38.95 / 3325.5))), abs=0.01)  # about 0.68 degrees, the dino's offset
+    centred = replace(frame, cx=320.0, cy=240.0)
+    assert rotation_angle(centred_rotation(centred).T @ c2w[:3, :3]) < 1e-9
+
+
 def test_middlebury_cameras_project_as_calibrated():
     from bench.poses_accuracy import read_middlebury
 
