@@ -1,6 +1,7 @@
 """The poses stage: SfM on real and synthetic captures, --poses imports, normalisation, failures."""
 import zlib  # noqa: F401  (load before pycolmap: see stages/__init__.py)
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -571,6 +572,20 @@ def test_upright_turns_find_the_photos_taken_upside_down():
     assert turns == [0, 0, 2, 0, 0, 3, 0, 0]  # the two turned back, the upright ones left alone
     assert score[0, 1] > 15 and score[2, 3] > 15 and score[4, 5] > 15
     assert upright_turns([[seen(d, t) for t in range(4)] for d in photos])[0] == [0] * 8
+def test_a_learned_kind_is_retried_with_more_keypoints():
+    """The attempts of "auto": SIFT, then XFeat, then XFeat again with twice the keypoints (the
+    dino: 1024 gave a false model, 2048 all 16 photos); a chosen kind only itself and its retry."""
+    from stages.poses.sfm import MORE_KEYPOINTS, feature_plans
+
+    log = logging.getLogger("test")
+    assert feature_plans({"features": "sift", "max_keypoints": 1024}, log) == [("sift", None)]
+    assert feature_plans({"features": "disk", "max_keypoints": 500}, log) == [("disk", None),
+                                                                              ("disk", MORE_KEYPOINTS * 500)]
+    if learned.missing_packages("xfeat") is None:
+        assert feature_plans({"features": "auto", "max_keypoints": 1024}, log) == [
+            ("sift", None), ("xfeat", None), ("xfeat", MORE_KEYPOINTS * 1024)]
+
+
 # -- the pose-accuracy benchmark ------------------------------------------------------------------
 
 def test_pose_accuracy_scores_a_known_error():
