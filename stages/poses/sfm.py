@@ -36,7 +36,8 @@ AUTO_ENOUGH = 0.9  # "auto" stops after SIFT when it registered this fraction of
 # 1024 XFeat keypoints the Middlebury dino (16 photos 22.5 degrees apart, little texture) gave a
 # false model of 15 photos, 57 degrees off, and spot-wild with rembg masks a false one of 35; with
 # 2048 all 16 dino photos were posed (0.78 degrees median) and 35 of spot-wild's (1.2 degrees).
-# Not the default: spot-wild with its true masks, right with 1024 (0.87 degrees), was not with 2048.
+# Not the default: spot-wild with its true masks gave 0.87 degrees (median) with 1024, but with
+# 2048 a model 3.6 degrees off whose robust adjustment diverged (rejected).
 MORE_KEYPOINTS = 2
 MATCHED_MARK = "matched.ok"  # written once features and matches are complete in the database
 SEED = 0  # fixed RANSAC and mapper seeds: the same photos give the same cameras
