@@ -106,6 +106,30 @@ def gradient_energy(image: np.ndarray, mask: np.ndarray) -> float:
     return float((gx ** 2 + gy ** 2)[mask].mean())
 
 
+def exported_model(workdir: Path):
+    """The workdir's GLB moved back into the pipeline's world: the export places the model (on the
+    ground, scaled) by model_from_world, so cameras and lights of the workdir see it there."""
+    from dataclasses import replace
+
+    from stages.export.gltf import read_glb
+
+    model = read_glb(workdir / "export" / "model.glb")
+    world_from_model = np.linalg.inv(np.asarray(
+        json.loads((workdir / "export" / "export.json").read_text())["model_from_world"], dtype=np.float64))
+    linear = world_from_model[:3, :3]
+    rotation = linear / np.cbrt(np.linalg.det(linear))
+
+    def turned(vectors):
+        return None if vectors is None else (vectors.astype(np.float64) @ rotation.T).astype(vectors.dtype)
+
+    tangents = model.tangents
+    if tangents is not None:
+        tangents = np.concatenate([turned(tangents[:, :3]), tangents[:, 3:]], axis=1)
+    positions = model.positions.astype(np.float64) @ linear.T + world_from_model[:3, 3]
+    return replace(model, positions=positions.astype(model.positions.dtype), normals=turned(model.normals),
+                   tangents=tangents)
+
+
 def score_spot_wild(workdir: Path, data: Path, world_from_truth: np.ndarray | None = None) -> dict:
     """The held-out scores of a finished spot-wild workdir (world_from_truth: a similarity [4, 4]
     from the capture's frame to the workdir's, when the poses came from SfM)."""
@@ -119,7 +143,6 @@ def score_spot_wild(workdir: Path, data: Path, world_from_truth: np.ndarray | No
     from stages.common.colour import srgb_to_linear
     from stages.common.images import read_rgb
     from stages.common.sh import read_lighting, rotate_sh
-    from stages.export.gltf import read_glb
     from stages.export.mesh import chamfer_distance
     from stages.export.preview import render_mesh_sh
     from stages.render import Renderer, needed_stages
@@ -136,7 +159,7 @@ def score_spot_wild(workdir: Path, data: Path, world_from_truth: np.ndarray | No
         truth_mesh.apply_transform(world_from_truth)
     kinds = ("rgb", "albedo")
     renderer = Renderer({n: workdir / n for n in needed_stages(kinds, True, False)}, kinds, None, "cpu")
-    model = read_glb(workdir / "export" / "model.glb")
+    model = exported_model(workdir)
     glb_mesh = trimesh.Trimesh(model.positions.astype(np.float64), model.faces, process=False)
     columns = {k: [] for k in ("photo", "relit", "albedo", "true_albedo", "glb")}
     angles, sharp_glb, sharp_photo, sheet = [], [], [], []
@@ -323,13 +346,12 @@ def _glb_views(workdir: Path, path: Path, views: int = 3) -> float:
     from stages.common.images import read_rgb, shrink_view, write_png
     from stages.common.sheets import contact_sheet
     from stages.common.sh import read_lighting
-    from stages.export.gltf import read_glb
     from stages.export.preview import render_mesh_sh
 
     frames = {f.stem: f for f in read_transforms(workdir / "geometry" / "cameras.json", roots=[workdir])}
     lights = {Path(fp).stem: c for fp, c in read_lighting(workdir / "material" / "lighting.json")}
     stems = [s for s in frames if s in lights]
-    model = read_glb(workdir / "export" / "model.glb")
+    model = exported_model(workdir)
     tiles, labels, energy = [], [], []
     for stem in [stems[k] for k in np.linspace(0, len(stems) - 1, views).round().astype(int)]:
         frame, photo = shrink_view(frames[stem], 512, read_rgb(workdir / "ingest" / "images" / f"{stem}.png"))
