@@ -119,9 +119,12 @@ def screenshot_page(page: Path, png: str | Path, width: int, height: int, query:
         url = (f"http://127.0.0.1:{server.server_address[1]}/{quote(Path(page).name)}?"
                + "&".join(f"{k}={quote(str(v))}" for k, v in query.items()))
         with tempfile.TemporaryDirectory(prefix="neroic-chromium-") as profile:
+            # --screenshot fires when the virtual-time budget runs out, ready or not: 15 s left the
+            # skull's 12 MB medium level of a 60 MB viewer page unparsed (a blank frame that still
+            # reported "ready" afterwards); idle virtual time passes at once, so a long budget is cheap
             proc = subprocess.run(
                 [browser, "--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-                 "--virtual-time-budget=15000", f"--window-size={width},{height}", f"--screenshot={png}",
+                 "--virtual-time-budget=60000", f"--window-size={width},{height}", f"--screenshot={png}",
                  "--hide-scrollbars", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-extensions",
                  f"--user-data-dir={profile}", url],
