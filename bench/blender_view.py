@@ -18,6 +18,7 @@ from pathlib import Path
 
 import bpy
 import numpy as np
+from mathutils import Vector
 
 
 def environment(name: str) -> Path:
@@ -49,20 +50,13 @@ def load_scene(glb: Path, env: Path, strength: float) -> list:
 
 def bounds(meshes: list) -> tuple[np.ndarray, float]:
     """Centre and radius of the imported meshes' world-space corners."""
-    corners = np.array([list(o.matrix_world @ _vector(c)) for o in meshes for c in o.bound_box])
+    corners = np.array([list(o.matrix_world @ Vector(c)) for o in meshes for c in o.bound_box])
     lo, hi = corners.min(0), corners.max(0)
     return (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2)
 
 
-def _vector(c):
-    from mathutils import Vector
-    return Vector(c)
-
-
 def render_views(centre: np.ndarray, radius: float, views: int, size: int, samples: int, threads: int,
                  out: Path) -> None:
-    from mathutils import Vector
-
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
