@@ -13,9 +13,11 @@ import importlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +142,29 @@ def thread_budget() -> int:
     return 0
 
 
+@contextlib.contextmanager
+def remembered_ctrl_c() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered. When the signal lands
+    while a finaliser runs, Python prints the exception and drops it; the stage must still not
+    publish as if it had finished. Only in the main thread, and only where SIGINT has Python's
+    own handler (a caller's SIG_IGN or handler is left alone)."""
+    pressed = threading.Event()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield pressed
+        return
+
+    def on_sigint(signum, frame):
+        pressed.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class Pipeline:
     def __init__(self, workdir: Workdir, settings: dict, sources: Sources, quiet: bool = False):
         self.workdir, self.settings, self.sources, self.quiet = workdir, settings, sources, quiet
@@ -260,11 +285,13 @@ class Pipeline:
             log.info("running stage %s (fingerprint %s)", spec.name, fingerprint[:12])
             started = dt.datetime.now().astimezone()
             t0 = time.perf_counter()
-            with PeakMemory() as memory, GpuPeakMemory(self._device) as gpu_memory:
+            with PeakMemory() as memory, GpuPeakMemory(self._device) as gpu_memory, remembered_ctrl_c() as ctrl_c:
                 module = importlib.import_module(spec.module)
                 if ctx.threads and "torch" in sys.modules:  # torch reads only OMP_NUM_THREADS by itself
                     sys.modules["torch"].set_num_threads(ctx.threads)
                 summary = module.run(ctx) or {}
+                if ctrl_c.is_set():  # pressed, but a library swallowed the exception
+                    raise KeyboardInterrupt
             seconds = time.perf_counter() - t0
             readme = TEMPLATE_DIR / spec.name / "README.md"
             if readme.exists() and not (tmp / "README.md").exists():
