@@ -14,9 +14,9 @@ OUT/CASE/metrics.json and pictures beside it.
 Poses (spot-wild, dino, ethiopian-head): photos posed, rotation and centre errors after a
 similarity fit of the camera centres (bench/poses_accuracy.py). ethiopian-head also plots the
 learned lights' dominant directions against the photo order (lights.png: they should turn with
-the turntable) and writes the albedo beside the photos (albedo.png). skull writes the GLB
-rendered from three photos' cameras beside the photos (views.png) and the geometry stage's
-held-out PSNR.
+the turntable) and writes the albedo beside the photos (albedo.png). ethiopian-head and skull
+write the GLB rendered from three photos' cameras beside the photos (views.png); skull also the
+geometry stage's held-out PSNR.
 
 spot-wild: Spot path-traced in six real environments, each photo its own camera, exposure and
 background; held-out cameras lit by two environments no photo saw, with those lights as order-2 SH.
@@ -277,8 +277,10 @@ def ethiopian_head(out: Path, overrides: list[str]) -> dict:
     poses = score_workdir(workdir, data / "poses_bounds.npy")
     turning = _plot_light_directions(workdir, out / "lights.png")
     _albedo_sheet(workdir, out / "albedo.png")
+    sharp = _glb_views(workdir, out / "views.png")
     return {"wall_seconds": round(seconds, 1), "costs": stage_costs(workdir),
-            "poses": {k: v for k, v in poses.items() if k != "per_photo"}, "lights": turning}
+            "poses": {k: v for k, v in poses.items() if k != "per_photo"}, "lights": turning,
+            "glb_sharpness": sharp}
 
 
 def skull(out: Path, overrides: list[str]) -> dict:

@@ -29,6 +29,7 @@ from stages.poses.normalize import (
     world_from_sfm,
 )
 from stages.poses.photos import PhotoInput
+from stages.poses.sfm import tied_elsewhere
 from tests.conftest import shared
 from tests.synthetic.spot_capture import SPOT_DIR
 from tests.test_cameras import look_at_c2w, random_rotation
@@ -681,3 +682,15 @@ def test_unrotate_maps_a_turned_photos_pixels_back(degrees):
     rows, cols = np.nonzero(turned)
     back = unrotate(np.array([[cols.mean() + 0.5, rows.mean() + 0.5]]), degrees, (70, 50), turned.shape[::-1])
     assert np.abs(back - [[41.0, 11.0]]).max() < 0.75
+
+
+def test_a_camera_tied_to_photos_left_out_is_taken_out():
+    """The verified matches measured on a skull set with six kermit photos in it: kermit000 was
+    posed into the skull's model on 24 matches while it shared 363 with kermit001 (not posed)."""
+    pairs = {("03.png", "04.png"): 384, ("04.png", "05.png"): 212, ("03.png", "05.png"): 50,
+             ("05.png", "k000.png"): 24, ("k000.png", "k001.png"): 363, ("k001.png", "k002.png"): 300,
+             ("04.png", "blurred.png"): 90}
+    why = tied_elsewhere({"03.png", "04.png", "05.png", "k000.png"}, pairs)
+    assert list(why) == ["k000.png"]
+    assert "24 verified matches" in why["k000.png"] and "363 with k001" in why["k000.png"]
+    assert tied_elsewhere({"03.png", "04.png", "05.png"}, pairs) == {}  # 90 left-out matches vs 384 posed

@@ -14,9 +14,10 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          (camera_groups.py), with the EXIF focal as a prior; a photo without EXIF has its own
          camera without distortion (a set with no EXIF at all and one image size: one camera).
          Incremental (or global) mapping with distortion held at zero, the largest model kept;
-         a model whose points fall outside its photos' masks is rejected as false matches; one
-         robust (Cauchy) bundle adjustment that refines distortion. A photo left out is named
-         in one warning with why (diagnosis.py).
+         a model whose points fall outside its photos' masks is rejected as false matches, and a
+         camera whose photo matches a photo left out far better than any posed one is taken out
+         (another object hung on chance matches); one robust (Cauchy) bundle adjustment that
+         refines distortion. A photo left out is named in one warning with why (diagnosis.py).
          Normalisation: sparse points that fall inside the masks and are seen 3+ times, minus the
          paper's farthest max(5, N/500), are enclosed by a sphere -> origin, radius 1 (the object
          can poke out a little: the paper pads its box 1.3x); the cameras give the up axis -> +Y;
@@ -110,6 +111,7 @@ def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: in
         raise too_few_registered(usable, registered, min_registered, result.attempts, result.pair_inliers,
                                  learned.missing_packages(AUTO_LEARNED) if cfg["features"] in ("auto", "sift") else None)
     reasons = unposed_reasons(usable, result.pair_inliers, set(result.solution.frames))
+    reasons.update({p.stem: "taken out: " + result.dropped[p.image_rel] for p in usable if p.image_rel in result.dropped})
     if reasons:
         names = {p.stem: p.name for p in usable}
         ctx.log.warning("%d photo(s) got no camera and are left out: %s", len(reasons),

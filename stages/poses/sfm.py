@@ -48,6 +48,11 @@ MIN_FOCAL_RATIO, MAX_FOCAL_RATIO, MAX_DISTORTION = 0.1, 10.0, 1.0  # COLMAP's sa
 # whose error went from 1.1 px to 2.8 px (or diverged); right models went down, 1.22 -> 1.18 px.
 REFINE_GROWTH = 1.5
 MODEL_MIN_AGREEMENT = 0.9  # a model whose cameras see its points inside their masks less (median) is false
+# A posed photo that shares this many times more verified matches with a photo left out of the
+# model than with any posed photo belongs to another group: a photo of another object, hung on a
+# few chance matches (a skull set with kermit photos in it: kermit000 posed on 24 matches with a
+# skull photo while it shared 363 with kermit001; right cameras' best tie to the model: 50-384).
+ELSEWHERE_RATIO = 4.0
 
 
 @dataclass
@@ -58,6 +63,7 @@ class SfmResult:
     features: str
     pair_inliers: dict[tuple[str, str], int] = field(default_factory=dict)  # verified matches per pair (names)
     attempts: list[str] = field(default_factory=list)  # "xfeat: 30/36 registered", ...
+    dropped: dict[str, str] = field(default_factory=dict)  # image name -> why its camera was taken out
 
 
 def check_config(cfg: dict) -> None:
@@ -143,21 +149,46 @@ def map_photos(ingest: Path, cfg: dict, work: Path, log: logging.Logger, progres
     best = max(found.values(), key=lambda r: r.num_reg_images())
     if cfg["mapper"] == "global":
         best.extract_colors_for_all_images(str(ingest))
-    drop_stray_cameras(best, log)
     return best
 
 
-def drop_stray_cameras(reconstruction, log: logging.Logger) -> None:
-    """Deregister cameras placed absurdly far from the others: the global mapper can leave a
-    weakly tied camera hundreds of object radii away (with a right rotation and a low
+def stray_cameras(reconstruction) -> dict[str, str]:
+    """Image name -> why, for cameras placed absurdly far from the others: the global mapper can
+    leave a weakly tied camera hundreds of object radii away (with a right rotation and a low
     reprojection error, so nothing else flags it)."""
     ids = list(reconstruction.reg_image_ids())
     centres = np.array([reconstruction.image(i).projection_center() for i in ids])
     distance = np.linalg.norm(centres - np.median(centres, axis=0), axis=1)
-    for i in np.flatnonzero(distance > STRAY_DISTANCE * np.median(distance)):
-        image = reconstruction.image(ids[i])
-        log.warning("dropping the camera of %s: SfM placed it %.0f times farther out than the others",
-                    image.name, distance[i] / np.median(distance))
+    typical = np.median(distance)
+    if typical == 0:
+        return {}
+    return {reconstruction.image(ids[i]).name: f"SfM placed it {distance[i] / typical:.0f} times farther out "
+                                               "than the others" for i in np.flatnonzero(distance > STRAY_DISTANCE * typical)}
+
+
+def tied_elsewhere(posed: set[str], pair_inliers: dict[tuple[str, str], int]) -> dict[str, str]:
+    """Image name -> why, for posed photos whose strongest tie is to a photo outside the model
+    (ELSEWHERE_RATIO times their strongest tie to a posed one): another object or place."""
+    inside: dict[str, int] = {}
+    outside: dict[str, tuple[int, str]] = {}
+    for (a, b), count in pair_inliers.items():
+        for name, other in ((a, b), (b, a)):
+            if name not in posed:
+                continue
+            if other in posed:
+                inside[name] = max(inside.get(name, 0), count)
+            elif count > outside.get(name, (0, ""))[0]:
+                outside[name] = (count, other)
+    return {name: (f"its camera rested on {inside.get(name, 0)} verified matches with the posed photos, while it "
+                   f"shares {count} with {Path(other).stem}, which got none: another object or place")
+            for name, (count, other) in outside.items() if count >= ELSEWHERE_RATIO * max(inside.get(name, 0), 1)}
+
+
+def drop_cameras(reconstruction, why: dict[str, str], log: logging.Logger) -> None:
+    """Deregister the named photos' cameras (the stage's warning about photos left out names them)."""
+    for name, reason in why.items():
+        image = reconstruction.find_image_with_name(name)
+        log.info("dropping the camera of %s: %s", Path(name).name, reason)
         reconstruction.deregister_frame(image.frame_id)
 
 
@@ -205,6 +236,7 @@ class Attempt:
     pair_inliers: dict[tuple[str, str], int]  # verified matches per pair (image names)
     rejected: str = ""  # why the mapper's model was rejected, "" if it was not
     keypoints: int | None = None  # a learned kind's keypoints when not `max_keypoints` (a retry)
+    dropped: dict[str, str] = field(default_factory=dict)  # image name -> why its camera was taken out
 
     @property
     def registered(self) -> int:
@@ -259,6 +291,10 @@ def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, c
             model = map_photos(ingest, cfg, folder, log, bar, threads)
     found = Attempt(kind, model, database.pair_inliers(folder / "database.db"), keypoints=keypoints)
     if model is not None:
+        found.dropped = stray_cameras(model)
+        posed = {model.image(i).name for i in model.reg_image_ids()} - set(found.dropped)
+        found.dropped.update(tied_elsewhere(posed, found.pair_inliers))
+        drop_cameras(model, found.dropped, log)
         before = model.compute_mean_reprojection_error()
         refine(model)
         after = model.compute_mean_reprojection_error()
@@ -293,7 +329,7 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
     if best.registered == 0:  # report the matches of the kind that verified the most pairs
         best = max(tried, key=lambda a: len(a.pair_inliers))
     result = SfmResult(solution=None, features=best.kind, pair_inliers=best.pair_inliers,
-                       attempts=[a.summary(len(photos)) for a in tried])
+                       attempts=[a.summary(len(photos)) for a in tried], dropped=best.dropped)
     if best.registered == 0:
         return result
     model, stems = best.model, {p.image_rel: p.stem for p in photos}
