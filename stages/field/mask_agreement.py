@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, distance_transform_edt
 from torch import Tensor
 
 from stages.field.rays import Cameras
@@ -58,9 +58,10 @@ def hull_silhouette(hull: Tensor, aabb_min: Tensor, aabb_max: Tensor, cameras: C
     radius = 0.5 * float(cell.norm()) * float(cameras.intrinsics[view, :2].max()) / float(depth.min()) if len(depth) else 0
     disc = int(np.ceil(radius))
     silhouette = image.view(h, w).cpu().numpy()
-    if disc > 0:
-        yy, xx = np.mgrid[-disc:disc + 1, -disc:disc + 1]
-        silhouette = binary_dilation(silhouette, structure=xx ** 2 + yy ** 2 <= disc ** 2)
+    if disc > 0 and silhouette.any():
+        # grown by the disc through a distance transform: a dilation with a disc of 20 px took 4 s
+        # and gigabytes per 1000 x 1000 photo (ethiopian_head: 276 s, 14.8 GB peak for 66 photos)
+        silhouette = distance_transform_edt(~silhouette) <= disc
     return silhouette
 
 
