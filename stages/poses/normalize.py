@@ -14,6 +14,7 @@ from stages.errors import NeroicError
 from stages.common.cameras import Frame, project
 
 CARVE_RESOLUTION = 48  # voxels per side of each visual-hull pass
+SPARE_MISS_FRAMES = 6  # from this many frames on, a hull cell may fall outside one silhouette
 MAX_OUTSIDE = 0.2  # a sparse point outside the silhouettes in more of its photos is not the object
 
 
@@ -168,27 +169,39 @@ def points_in_silhouettes(points: np.ndarray, frames: list[Frame], silhouettes: 
     return agreement
 
 
-def hull_coverage(frames: list[Frame], silhouettes: list[np.ndarray], centre: np.ndarray,
-                  radius: float) -> np.ndarray:
-    """[F] for each frame, the fraction of its silhouette that the visual hull of all the frames
-    (carved in the box centre +- radius) covers when projected back. Right cameras give a hull
-    whose projections fill every silhouette; cameras that contradict one another carve the hull
-    away, leaving silhouettes largely uncovered (a model built on false matches)."""
-    hull, voxel = _carve(frames, silhouettes, centre - radius, centre + radius)
-    coverage = np.zeros(len(frames))
-    if len(hull) == 0:
-        return coverage
-    for i, (frame, silhouette) in enumerate(zip(frames, silhouettes)):
+def hull_recall_without_each(frames: list[Frame], silhouettes: list[np.ndarray], lo: np.ndarray,
+                             hi: np.ndarray) -> np.ndarray:
+    """[F] for each frame, the fraction of its silhouette that the visual hull of the other frames
+    (carved on a CARVE_RESOLUTION^3 grid over the box lo..hi, one silhouette's miss forgiven
+    when there are SPARE_MISS_FRAMES or more, so that one bad mask or camera does not carve the
+    others' hulls) covers when projected into it. A mask that misses a part of the object still
+    scores high (the others' hull is larger); a camera placed wrong sees the others' hull beside
+    its mask."""
+    n = CARVE_RESOLUTION
+    step = (hi - lo) / n
+    axes = [lo[i] + (np.arange(n) + 0.5) * step[i] for i in range(3)]
+    cells = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    voxel = float(np.linalg.norm(step))
+    seen = np.zeros((len(frames), len(cells)), dtype=bool)
+    carved = np.zeros_like(seen)
+    for k, (frame, silhouette) in enumerate(zip(frames, silhouettes)):
+        inside, px = _pixels(cells, frame)
+        seen[k] = inside
+        carved[k, np.flatnonzero(inside)] = ~silhouette[px[:, 1], px[:, 0]]
+    seen_by, carved_by = seen.sum(0), carved.sum(0)
+    spare = 1 if len(frames) >= SPARE_MISS_FRAMES else 0
+    recall = np.zeros(len(frames))
+    for k, (frame, silhouette) in enumerate(zip(frames, silhouettes)):
+        hull = cells[(carved_by - carved[k] <= spare) & (seen_by - seen[k] >= max(1, len(frames) // 2))]
         inside, px = _pixels(hull, frame)
         if not inside.any():
             continue
         depth = np.linalg.norm(hull[inside] - frame.centre, axis=1)
-        footprint = int(np.ceil(0.5 * frame.fl_x * voxel / depth.min()))
         drawn = np.zeros_like(silhouette)
         drawn[px[:, 1], px[:, 0]] = True
-        drawn = _dilate(drawn, footprint)
-        coverage[i] = (drawn & silhouette).sum() / max(1, silhouette.sum())
-    return coverage
+        drawn = _dilate(drawn, int(np.ceil(0.5 * frame.fl_x * voxel / depth.min())))
+        recall[k] = (drawn & silhouette).sum() / max(1, silhouette.sum())
+    return recall
 
 
 def bounds_from_masks(frames: list[Frame], silhouettes: list[np.ndarray]) -> tuple[np.ndarray, float]:
