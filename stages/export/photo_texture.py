@@ -100,6 +100,8 @@ class PhotoAlbedo:
         visible = ((np.abs(self.depths[j][row, col] - distance) < self.tolerance) & (cos > MIN_COS)
                    & view.mask[row, col])
         idx, col, row, cos, distance, to_camera = (a[visible] for a in (idx, col, row, cos, distance, to_camera))
+        if len(idx) == 0:  # this photo sees none of these points
+            return idx, np.zeros((0, 3)), np.zeros(0)
         recorded = srgb_to_linear(sample_bilinear(view.photo, pix[idx] / (frame.w, frame.h)) / 255.0)
         colour = recorded ** (1.0 / view.gamma)  # undo the camera's tone curve
         coeffs = torch.as_tensor(view.light, dtype=torch.float64)
