@@ -496,13 +496,15 @@ def test_masks_are_checked_against_the_other_photos_hull():
     bad[3][:] = False
     bad[3][30:46, 0:16] = True  # another object entirely
     bad[4][2:14, 2:14] = True  # the same patch in a mask the user gave
+    bad[5][masks[5].nonzero()[0].max():, :] = True  # a turntable below: more than half the mask
     hull = carve_visual_hull(cams, bad, lo, hi, resolution=32, min_misses=1)
     silhouettes = [hull_silhouette(hull, lo, hi, cams, i) for i in range(len(masks))]
     editable = [i != 4 for i in range(len(masks))]
     repaired, verdicts = agree_masks(bad, silhouettes, editable)
     status = [v.status for v in verdicts]
     assert status[2] == "repaired" and status[3] == "dropped" and status[4] == "agrees", status
-    assert all(s == "agrees" for i, s in enumerate(status) if i not in (2, 3, 4)), status
+    assert status[5] == "repaired" and verdicts[5].removed > 0.5, (status, verdicts[5])
+    assert all(s == "agrees" for i, s in enumerate(status) if i not in (2, 3, 4, 5)), status
     assert not repaired[2][2:8, 2:8].any() and (repaired[2] & masks[2]).sum() == masks[2].sum()
     assert np.array_equal(repaired[4], bad[4])
 
