@@ -125,10 +125,15 @@ def test_ctrl_c_that_a_library_drops_still_stops_the_stage():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)  # the handler runs here and its exception is printed and dropped
 
-    with remembered_ctrl_c() as pressed:
-        Finaliser()
-    assert pressed.is_set()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # as in `neroic`; a library another test loaded may have put its own handler in
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with remembered_ctrl_c() as pressed:
+            Finaliser()
+        assert pressed.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture
