@@ -14,7 +14,8 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          (camera_groups.py), with the EXIF focal as a prior; a photo without EXIF has its own
          camera without distortion (a set with no EXIF at all and one image size: one camera).
          Incremental (or global) mapping with distortion held at zero, the largest model kept;
-         a model whose points fall outside its photos' masks is rejected as false matches, and a
+         a model whose points fall outside its photos' masks, or whose median photo's mask the
+         others' visual hull leaves uncovered, is rejected as false matches, and a
          camera whose photo matches a photo left out far better than any posed one is taken out
          (another object hung on chance matches), as is one that sees few of the model's points
          and whose mask the other photos' visual hull covers poorly (placed wrong); one robust

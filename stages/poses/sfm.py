@@ -48,6 +48,10 @@ MIN_FOCAL_RATIO, MAX_FOCAL_RATIO, MAX_DISTORTION = 0.1, 10.0, 1.0  # COLMAP's sa
 # whose error went from 1.1 px to 2.8 px (or diverged); right models went down, 1.22 -> 1.18 px.
 REFINE_GROWTH = 1.5
 MODEL_MIN_AGREEMENT = 0.9  # a model whose cameras see its points inside their masks less (median) is false
+# A model in which the other photos' visual hull covers less of the median photo's mask is false:
+# spot-wild from its photos with XFeat's 1024 keypoints gave a model of all 36, 6.7 deg off in the
+# median, that passed every other check (0.85); right models of six captures 0.97-1.00.
+MODEL_MIN_HULL_RECALL = 0.9
 # A posed photo that shares this many times more verified matches with a photo left out of the
 # model than with any posed photo belongs to another group: a photo of another object, hung on a
 # few chance matches (a skull set with kermit photos in it: kermit000 posed on 24 matches with a
@@ -259,7 +263,8 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
     """Reject the model when it contradicts the masks: false matches can build a consistent but
     wrong model (a model of 15 of the dino's 16 photos, 57 degrees off in the median, saw 72 % of
     its points inside the masks in the median photo; right models 95-100 %). Then take out single
-    cameras that are both weakly tied and at odds with the others' visual hull (`misplaced`)."""
+    cameras that are both weakly tied and at odds with the others' visual hull (`misplaced`), after
+    rejecting the model if the median camera is at odds with it."""
     model = found.model
     by_name = {p.image_rel: p for p in photos}
     points = [p for p in model.points3D.values()]
@@ -280,6 +285,13 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
     centre = np.median(xyz, axis=0)
     reach = HULL_BOX * np.percentile(np.linalg.norm(xyz - centre, axis=1), 95)
     recall = hull_recall_without_each(frames, silhouettes, centre - reach, centre + reach)
+    if np.median(recall) < MODEL_MIN_HULL_RECALL:
+        found.rejected = (f"its model of {len(images)} photos was rejected: the other photos' visual hull covers "
+                          f"{100 * np.median(recall):.0f} % of the median photo's mask, so its cameras disagree "
+                          "(false matches)")
+        log.warning("%s: %s", found.kind, found.rejected)
+        found.model = None
+        return
     observed = np.array([im.num_points3D for im in images], dtype=float)
     why = misplaced([im.name for im in images], recall, observed)
     found.dropped.update(why)
