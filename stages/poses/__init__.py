@@ -15,11 +15,12 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          camera without distortion (a set with no EXIF at all and one image size: one camera).
          Incremental (or global) mapping with distortion held at zero, the largest model kept;
          a model whose points fall outside its photos' masks, or whose median photo's mask the
-         others' visual hull leaves uncovered, is rejected as false matches, and a
-         camera whose photo matches a photo left out far better than any posed one is taken out
-         (another object hung on chance matches), as is one that sees few of the model's points
-         and whose mask the other photos' visual hull covers poorly (placed wrong); one robust
-         (Cauchy) bundle adjustment that refines distortion. A photo left out is named in one warning with why (diagnosis.py).
+         others' visual hull leaves uncovered, is rejected as false matches, and a camera whose
+         photo matches a photo left out far better than any posed one is taken out (another
+         object hung on chance matches), as is one that sees few of the model's points and whose
+         mask the other photos' visual hull covers poorly (placed wrong); one robust (Cauchy)
+         bundle adjustment that refines distortion. A photo left out is named in one warning with
+         why (diagnosis.py).
          Normalisation: sparse points that fall inside the masks and are seen 3+ times, minus the
          paper's farthest max(5, N/500), are enclosed by a sphere -> origin, radius 1 (the object
          can poke out a little: the paper pads its box 1.3x); the cameras give the up axis -> +Y;
