@@ -119,10 +119,7 @@ def axes_centre(frames: list[Frame]) -> np.ndarray:
 def _carve(frames: list[Frame], masks: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
     """Voxel centres [M, 3] inside every silhouette that sees them (and seen by half the views
     or more) on a CARVE_RESOLUTION^3 grid over the box lo..hi, and the voxel size."""
-    n = CARVE_RESOLUTION
-    step = (hi - lo) / n
-    axes = [lo[i] + (np.arange(n) + 0.5) * step[i] for i in range(3)]
-    pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    pts, voxel = _cell_centres(lo, hi)
     seen = np.zeros(len(pts), dtype=np.int32)
     carved = np.zeros(len(pts), dtype=bool)
     for frame, mask in zip(frames, masks):
@@ -130,7 +127,14 @@ def _carve(frames: list[Frame], masks: list[np.ndarray], lo: np.ndarray, hi: np.
         seen += inside
         carved[np.flatnonzero(inside)] |= ~mask[px[:, 1], px[:, 0]]
     kept = ~carved & (seen >= max(1, (len(frames) + 1) // 2))
-    return pts[kept], float(np.linalg.norm(step))
+    return pts[kept], voxel
+
+
+def _cell_centres(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centres [CARVE_RESOLUTION^3, 3] of the cells of the box lo..hi, and a cell's diagonal."""
+    step = (hi - lo) / CARVE_RESOLUTION
+    axes = [lo[i] + (np.arange(CARVE_RESOLUTION) + 0.5) * step[i] for i in range(3)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3), float(np.linalg.norm(step))
 
 
 def silhouette_with_slack(mask: np.ndarray) -> np.ndarray:
@@ -177,11 +181,7 @@ def hull_recall_without_each(frames: list[Frame], silhouettes: list[np.ndarray],
     others' hulls) covers when projected into it. A mask that misses a part of the object still
     scores high (the others' hull is larger); a camera placed wrong sees the others' hull beside
     its mask."""
-    n = CARVE_RESOLUTION
-    step = (hi - lo) / n
-    axes = [lo[i] + (np.arange(n) + 0.5) * step[i] for i in range(3)]
-    cells = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    voxel = float(np.linalg.norm(step))
+    cells, voxel = _cell_centres(lo, hi)
     seen = np.zeros((len(frames), len(cells)), dtype=bool)
     carved = np.zeros_like(seen)
     for k, (frame, silhouette) in enumerate(zip(frames, silhouettes)):
