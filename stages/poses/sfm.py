@@ -174,8 +174,9 @@ def stray_cameras(reconstruction) -> dict[str, str]:
     typical = np.median(distance)
     if typical == 0:
         return {}
-    return {reconstruction.image(ids[i]).name: f"SfM placed it {distance[i] / typical:.0f} times farther out "
-                                               "than the others" for i in np.flatnonzero(distance > STRAY_DISTANCE * typical)}
+    far = np.flatnonzero(distance > STRAY_DISTANCE * typical)
+    return {reconstruction.image(ids[i]).name: f"SfM placed it {distance[i] / typical:.0f} times farther out than "
+                                               "the others" for i in far}
 
 
 def tied_elsewhere(posed: set[str], pair_inliers: dict[tuple[str, str], int]) -> dict[str, str]:
@@ -250,6 +251,12 @@ class Attempt:
     keypoints: int | None = None  # a learned kind's keypoints when not `max_keypoints` (a retry)
     dropped: dict[str, str] = field(default_factory=dict)  # image name -> why its camera was taken out
 
+    def reject(self, why: str, log: logging.Logger) -> None:
+        """Throw the model away, saying why (it becomes part of the attempt's summary)."""
+        self.rejected = f"its model of {self.registered} photos was rejected: {why}"
+        log.warning("%s: %s", self.kind, self.rejected)
+        self.model = None
+
     @property
     def registered(self) -> int:
         return self.model.num_reg_images() if self.model is not None else 0
@@ -277,20 +284,15 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
     silhouettes = [silhouette_with_slack(read_mask(by_name[im.name], threshold)) for im in images]
     agreement = points_in_silhouettes(xyz, frames, silhouettes)
     if np.median(agreement) < MODEL_MIN_AGREEMENT:
-        found.rejected = (f"its model of {len(images)} photos was rejected: its points fall outside the masks "
-                          f"({100 * np.median(agreement):.0f} % inside in the median photo), false matches")
-        log.warning("%s: %s", found.kind, found.rejected)
-        found.model = None
+        found.reject(f"its points fall outside the masks ({100 * np.median(agreement):.0f} % inside in the "
+                     "median photo), false matches", log)
         return
     centre = np.median(xyz, axis=0)
     reach = HULL_BOX * np.percentile(np.linalg.norm(xyz - centre, axis=1), 95)
     recall = hull_recall_without_each(frames, silhouettes, centre - reach, centre + reach)
     if np.median(recall) < MODEL_MIN_HULL_RECALL:
-        found.rejected = (f"its model of {len(images)} photos was rejected: the other photos' visual hull covers "
-                          f"{100 * np.median(recall):.0f} % of the median photo's mask, so its cameras disagree "
-                          "(false matches)")
-        log.warning("%s: %s", found.kind, found.rejected)
-        found.model = None
+        found.reject(f"the other photos' visual hull covers {100 * np.median(recall):.0f} % of the median photo's "
+                     "mask, so its cameras disagree (false matches)", log)
         return
     observed = np.array([im.num_points3D for im in images], dtype=float)
     why = misplaced([im.name for im in images], recall, observed)
@@ -339,11 +341,8 @@ def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, c
         refine(model)
         after = model.compute_mean_reprojection_error()
         if after > REFINE_GROWTH * before and after > 1.0:
-            found.rejected = (f"its model of {model.num_reg_images()} photos was rejected: a robust adjustment "
-                              f"raised its mean reprojection error from {before:.2f} to {after:.2f} px, so its "
-                              "matches disagree among themselves (false matches)")
-            log.warning("%s: %s", kind, found.rejected)
-            found.model = None
+            found.reject(f"a robust adjustment raised its mean reprojection error from {before:.2f} to {after:.2f} px, "
+                         "so its matches disagree among themselves (false matches)", log)
     if found.model is not None:
         check_against_masks(found, photos, threshold, log)
     return found
