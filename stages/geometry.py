@@ -94,7 +94,7 @@ from stages.common.settings import from_section
 from stages.field.grids import evaluate_on_grid
 from stages.field.mask_agreement import MaskVerdict, agree_masks, hull_silhouette
 from stages.field.nerfw_field import NerfWField
-from stages.field.occupancy import OccupancyGrid, carve_visual_hull, hull_signed_distance
+from stages.field.occupancy import OccupancyGrid, carve_visual_hull, hull_signed_distance, mask_distances
 from stages.field.rays import CameraRefinement, Cameras
 from stages.field.trained import save_trained_field
 from stages.field.rendering import render_rays
@@ -185,13 +185,14 @@ def _carve(cameras: Cameras, masks: list[np.ndarray], lo: torch.Tensor, hi: torc
     margin, miss = float(cfg["hull_margin_px"]), float(cfg["hull_max_miss_fraction"])
     res = int(cfg["occupancy_resolution"])
     spare = 1 if len(masks) >= MIN_PHOTOS_FOR_SPARE_MISS else 0  # one bad mask must not carve the object away
-    coarse = carve_visual_hull(cameras, masks, lo, hi, max(16, res // 2), margin, miss, spare)
+    distances = mask_distances(masks, lo.device)
+    coarse = carve_visual_hull(cameras, masks, lo, hi, max(16, res // 2), margin, miss, spare, distances)
     if not bool(coarse.any()):
         raise NeroicError("the visual hull is empty: no point of the bounds projects inside the masks of "
                           "the training photos", hint="the cameras and masks disagree; check the poses "
                           "stage's output and the masks' contact sheet")
     lo, hi = _hull_box(coarse, lo, hi)
-    return carve_visual_hull(cameras, masks, lo, hi, res, margin, miss, spare), lo, hi
+    return carve_visual_hull(cameras, masks, lo, hi, res, margin, miss, spare, distances), lo, hi
 
 
 def _agree(ctx: StageContext, frames, coverages, masks, sources, cameras, hull, lo, hi, threshold) -> list[MaskVerdict]:

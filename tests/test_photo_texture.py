@@ -99,3 +99,32 @@ def test_fusion_keeps_the_consensus_and_drops_outliers():
     albedo, confidence = fuse(samples, weights)
     assert np.allclose(albedo, truth, rtol=0.03)
     assert (confidence == 1.0).all()
+
+
+def test_each_point_is_de_lit_from_its_best_views_only(capture, monkeypatch):
+    """De-lighting costs most of the bake: a point seen by many photos is de-lit only from the
+    `max_views` with the highest geometric weight (head-on, close, inside the mask)."""
+    spot, points, normals, _ = _surface_points(1500)
+    mesh = trimesh.Trimesh(spot.mesh_vertices, spot.mesh_faces, process=False)
+    photos = PhotoAlbedo(mesh, _views(capture), max_views=2)
+    sightings = np.zeros((len(photos.views), len(points)))
+    for j, view in enumerate(photos.views):
+        idx, weight = photos._sightings(j, view, points, normals)
+        sightings[j, idx] = weight
+    de_lit = np.zeros_like(sightings, dtype=bool)
+    original = PhotoAlbedo._delit
+
+    def recording(self, view, pts, *rest):
+        j = next(k for k, v in enumerate(self.views) if v is view)
+        de_lit[j, [int(np.flatnonzero((points == p).all(1))[0]) for p in pts]] = True
+        return original(self, view, pts, *rest)
+
+    monkeypatch.setattr(PhotoAlbedo, "_delit", recording)
+    n = len(points)
+    photos.estimate(points, normals, normals, np.full(n, 0.15), np.full(n, 20.0))
+    seen_by = (sightings > 0).sum(0)
+    assert (seen_by > 2).mean() > 0.5  # most points have more views than are de-lit
+    assert (de_lit.sum(0) == np.minimum(seen_by, 2)).all()
+    best = np.argsort(-sightings, axis=0)[:2]
+    for point in np.flatnonzero(seen_by >= 2)[:200]:
+        assert set(np.flatnonzero(de_lit[:, point])) == set(best[:, point])

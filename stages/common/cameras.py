@@ -116,14 +116,21 @@ def distort(x, y, k1, k2, p1, p2):
             y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
 
 
-def undistort(xd, yd, k1, k2, p1, p2, iterations: int = 10):
-    """Invert `distort` by fixed-point iteration (exact when the coefficients are zero)."""
+def undistort(xd, yd, k1, k2, p1, p2, iterations: int = 10, tolerance: float = 1e-7):
+    """Invert `distort` by fixed-point iteration (exact when the coefficients are zero), stopping
+    once no point moves more than `tolerance` (normalised units: a photo's pixels are ~1e-3)."""
     x, y = xd, yd
+    if len(x.reshape(-1)) == 0:
+        return x, y
     for _ in range(iterations):
         r2 = x * x + y * y
         radial = 1 + r2 * (k1 + r2 * k2)
-        x, y = ((xd - (2 * p1 * x * y + p2 * (r2 + 2 * x * x))) / radial,
-                (yd - (p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)) / radial)
+        x_next = (xd - (2 * p1 * x * y + p2 * (r2 + 2 * x * x))) / radial
+        y_next = (yd - (p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)) / radial
+        moved = max(float(abs(x_next - x).max()), float(abs(y_next - y).max()))
+        x, y = x_next, y_next
+        if moved < tolerance:
+            break
     return x, y
 
 

@@ -51,6 +51,9 @@ def _weighted_sum(coeffs: torch.Tensor, weighted_basis: torch.Tensor) -> torch.T
     """sum_i w_i Y_i c_i: coeffs [9, 3] or [..., 9, 3], weighted_basis [..., 9] -> [..., 3]."""
     if coeffs.shape[-2:] != (N_COEFFS, 3):
         raise ValueError(f"SH coefficients must have shape [..., 9, 3], got {tuple(coeffs.shape)}")
+    if coeffs.dim() == 2:  # one light for every point: a matrix product, not an [..., 9, 3] temporary
+        dtype = torch.promote_types(weighted_basis.dtype, coeffs.dtype)
+        return weighted_basis.to(dtype) @ coeffs.to(dtype)
     return (weighted_basis.unsqueeze(-1) * coeffs).sum(dim=-2)
 
 

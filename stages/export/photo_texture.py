@@ -38,6 +38,7 @@ EDGE_PX = 4.0  # estimates fade in over this many pixels inside the mask's edge
 INLIER_RELATIVE = 0.25  # estimates within this fraction (+ INLIER_ABSOLUTE) of the median luminance count
 INLIER_ABSOLUTE = 0.02
 FULL_CONFIDENCE_WEIGHT = 2.0  # the photos are fully trusted where this many typical views agree
+MAX_VIEWS = 8  # a point is de-lit from at most its this many best views (by the geometric weight)
 
 
 @dataclass
@@ -55,12 +56,13 @@ class PhotoView:
 class PhotoAlbedo:
     """The photos of a capture, ready to give de-lit albedo estimates at points on `mesh`."""
 
-    def __init__(self, mesh: trimesh.Trimesh, views: list[PhotoView], shadows: bool = True):
+    def __init__(self, mesh: trimesh.Trimesh, views: list[PhotoView], shadows: bool = True,
+                 max_views: int = MAX_VIEWS):
         import open3d as o3d
 
         from stages.export.preview import pixel_rays
 
-        self.views, self.shadows = views, shadows
+        self.views, self.shadows, self.max_views = views, shadows, max_views
         self.scene = o3d.t.geometry.RaycastingScene()
         self.scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
                                  o3d.core.Tensor(mesh.faces.astype(np.uint32)))
@@ -78,49 +80,63 @@ class PhotoAlbedo:
         normals [N, 3], specular strength [N] and glossiness [N] -> (albedo [N, 3] linear RGB,
         confidence [N] in [0, 1])."""
         n = len(points)
+        sighting = np.zeros((len(self.views), n), dtype=np.float32)  # geometric weight, 0: unseen
+        for j, view in enumerate(self.views):
+            idx, weight = self._sightings(j, view, points, geo_normals)
+            sighting[j, idx] = weight
+        if len(self.views) > self.max_views:  # de-light only each point's best views
+            kth_best = -np.partition(-sighting, self.max_views - 1, axis=0)[self.max_views - 1]
+            sighting[sighting < kth_best] = 0.0
         samples = np.zeros((len(self.views), n, 3), dtype=np.float32)
         weights = np.zeros((len(self.views), n), dtype=np.float32)
         for j, view in enumerate(self.views):
-            keep, albedo, weight = self._one_view(j, view, points, geo_normals, normals, specular, glossiness)
-            samples[j, keep], weights[j, keep] = albedo, weight
+            idx = np.flatnonzero(sighting[j])
+            if len(idx):
+                samples[j, idx], lit = self._delit(view, points[idx], geo_normals[idx], normals[idx], specular[idx],
+                                                   glossiness[idx])
+                weights[j, idx] = sighting[j, idx] * lit
         return fuse(samples, weights)
 
-    def _one_view(self, j: int, view: PhotoView, points, geo_normals, normals, specular, glossiness):
-        """Which points photo j sees, their albedo estimates [K, 3] and weights [K]."""
+    def _sightings(self, j: int, view: PhotoView, points, geo_normals) -> tuple[np.ndarray, np.ndarray]:
+        """Which points photo j sees (in front of the mesh, inside its mask, not grazing) and how
+        well: weights [K] favouring head-on, close (pixels per unit area) views away from the
+        mask's edge."""
         frame = view.frame
         pix, depth = project(points, frame)
         col, row = np.floor(pix[:, 0]).astype(np.int64), np.floor(pix[:, 1]).astype(np.int64)
-        keep = (depth > 0) & (col >= 0) & (col < frame.w) & (row >= 0) & (row < frame.h)
-        idx = np.flatnonzero(keep)
+        idx = np.flatnonzero((depth > 0) & (col >= 0) & (col < frame.w) & (row >= 0) & (row < frame.h))
         col, row = col[idx], row[idx]
         to_camera = frame.centre - points[idx]
         distance = np.linalg.norm(to_camera, axis=1)
-        to_camera /= distance[:, None]
-        cos = np.einsum("nc,nc->n", geo_normals[idx], to_camera)
+        cos = np.einsum("nc,nc->n", geo_normals[idx], to_camera) / np.maximum(distance, 1e-12)
         visible = ((np.abs(self.depths[j][row, col] - distance) < self.tolerance) & (cos > MIN_COS)
                    & view.mask[row, col])
-        idx, col, row, cos, distance, to_camera = (a[visible] for a in (idx, col, row, cos, distance, to_camera))
-        if len(idx) == 0:  # this photo sees none of these points
-            return idx, np.zeros((0, 3)), np.zeros(0)
-        recorded = srgb_to_linear(sample_bilinear(view.photo, pix[idx] / (frame.w, frame.h)) / 255.0)
+        idx, col, row, cos, distance = (a[visible] for a in (idx, col, row, cos, distance))
+        return idx, cos * (frame.fl_x / distance) ** 2 * self.inner[j][row, col]
+
+    def _delit(self, view: PhotoView, points, geo_normals, normals, specular, glossiness):
+        """Albedo estimates [K, 3] of points the photo sees, and how lit each is in [0, 1] (an
+        estimate divided by a tiny irradiance amplifies the photo's noise)."""
+        frame = view.frame
+        pix, _ = project(points, frame)
+        to_camera = frame.centre - points
+        to_camera /= np.linalg.norm(to_camera, axis=1, keepdims=True)
+        recorded = srgb_to_linear(sample_bilinear(view.photo, pix / (frame.w, frame.h)) / 255.0)
         colour = recorded ** (1.0 / view.gamma)  # undo the camera's tone curve
         coeffs = torch.as_tensor(view.light, dtype=torch.float64)
-        n_shade = torch.from_numpy(normals[idx]).double()
+        n_shade = torch.from_numpy(normals).double()
         visibility = None
         if self.shadows:  # the material stage's shadow model, with the mesh as the occluder
-            towards = torch.from_numpy(np.broadcast_to(sh_dominant_direction(view.light), (len(idx), 3)).copy())
+            towards = torch.from_numpy(np.broadcast_to(sh_dominant_direction(view.light), (len(points), 3)).copy())
             visibility = cast_shadow_visibility(n_shade, towards, torch.from_numpy(
-                1.0 - self._blocked(points[idx], geo_normals[idx], towards.numpy())))
-        unit = shade(torch.ones(len(idx), 3, dtype=torch.float64), torch.from_numpy(specular[idx]).double(),
-                     torch.from_numpy(glossiness[idx]).double(), n_shade, torch.from_numpy(-to_camera).double(),
+                1.0 - self._blocked(points, geo_normals, towards.numpy())))
+        unit = shade(torch.ones(len(points), 3, dtype=torch.float64), torch.from_numpy(specular).double(),
+                     torch.from_numpy(glossiness).double(), n_shade, torch.from_numpy(-to_camera).double(),
                      coeffs, visibility)
         diffuse = unit.diffuse.numpy()  # irradiance / pi: the colour an albedo of 1 would have
         albedo = (colour - unit.specular.numpy()) / np.maximum(diffuse, 1e-6)
-        # weight: head-on, close (pixels per unit area), away from the mask's edge, and lit (an
-        # estimate divided by a tiny irradiance amplifies the photo's noise)
         lit = np.clip(diffuse.mean(1) / (0.25 * np.median(diffuse.mean(1)) + 1e-9), 0.0, 1.0)
-        weight = cos * (frame.fl_x / distance) ** 2 * self.inner[j][row, col] * lit
-        return idx, albedo.clip(0.0, 4.0), weight
+        return albedo.clip(0.0, 4.0), lit
 
     def _blocked(self, points: np.ndarray, normals: np.ndarray, towards: np.ndarray) -> np.ndarray:
         """1 where a ray from each point along towards [N, 3] hits the mesh."""

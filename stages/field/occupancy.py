@@ -25,7 +25,7 @@ from stages.field.rays import Cameras
 
 def carve_visual_hull(cameras: Cameras, masks: Sequence[np.ndarray], aabb_min: Tensor, aabb_max: Tensor,
                       resolution: int = 128, margin_px: float = 2.0, max_miss_fraction: float = 0.05,
-                      min_misses: int = 0) -> Tensor:
+                      min_misses: int = 0, distances: Sequence[Tensor] | None = None) -> Tensor:
     """Cells seen inside the masks: [G, G, G] bool over the box (aabb_min, aabb_max: [3] world).
 
     masks: one [H, W] bool array per camera (True = object). A cell counts as inside a photo if
@@ -35,10 +35,11 @@ def carve_visual_hull(cameras: Cameras, masks: Sequence[np.ndarray], aabb_min: T
     with a hole must not carve the object away), and at least one photo sees it.
     Carved coarse to fine: only the children of kept cells are tested at the next resolution
     (a child's sphere lies inside its parent's, so nothing kept at full resolution is lost).
+    distances: `mask_distances(masks)`, when the same masks carve several boxes.
     """
     device = aabb_min.device
-    # distance (pixels) from every pixel to the nearest mask pixel; 0 inside the mask
-    distances = [torch.from_numpy(distance_transform_edt(~m).astype(np.float32)).to(device) for m in masks]
+    if distances is None:
+        distances = mask_distances(masks, device)
     res = resolution
     while res % 2 == 0 and res > 16:
         res //= 2
@@ -57,6 +58,12 @@ def carve_visual_hull(cameras: Cameras, masks: Sequence[np.ndarray], aabb_min: T
     grid = torch.zeros(resolution ** 3, dtype=torch.bool, device=device)
     grid[(ijk[:, 0] * resolution + ijk[:, 1]) * resolution + ijk[:, 2]] = True
     return grid.view(resolution, resolution, resolution)
+
+
+def mask_distances(masks: Sequence[np.ndarray], device: str | torch.device = "cpu") -> list[Tensor]:
+    """Per mask [H, W] bool, the distance (pixels) from every pixel to the nearest mask pixel, 0
+    inside the mask: what the hull test reads."""
+    return [torch.from_numpy(distance_transform_edt(~m).astype(np.float32)).to(device) for m in masks]
 
 
 def _cells_inside_masks(cameras: Cameras, distances: list[Tensor], centres: Tensor, half_diag: float,
@@ -101,6 +108,16 @@ class OccupancyGrid:
         self.hull = hull.reshape(-1).clone()
         self.occupied = self.hull.clone()
         self.density = torch.full(self.hull.shape, -1.0, device=hull.device)  # -1: never evaluated
+
+    @property
+    def occupied(self) -> Tensor:
+        """[G^3] bool, flat: the cells that currently hold matter."""
+        return self._occupied
+
+    @occupied.setter
+    def occupied(self, value: Tensor) -> None:
+        self._occupied = value
+        self._occupied_box = None  # every march asks for the box: found once per change, not per call
 
     @property
     def device(self) -> torch.device:
@@ -154,6 +171,11 @@ class OccupancyGrid:
 
     def occupied_aabb(self) -> tuple[Tensor, Tensor]:
         """The box around the occupied cells, one cell larger each side (clipped to the grid box)."""
+        if self._occupied_box is None:
+            self._occupied_box = self._box_around_occupied()
+        return tuple(v.clone() for v in self._occupied_box)
+
+    def _box_around_occupied(self) -> tuple[Tensor, Tensor]:
         g = self.resolution
         cells = self.occupied.view(g, g, g).nonzero()
         if cells.shape[0] == 0:
