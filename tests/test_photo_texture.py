@@ -128,3 +128,19 @@ def test_each_point_is_de_lit_from_its_best_views_only(capture, monkeypatch):
     best = np.argsort(-sightings, axis=0)[:2]
     for point in np.flatnonzero(seen_by >= 2)[:200]:
         assert set(np.flatnonzero(de_lit[:, point])) == set(best[:, point])
+
+
+def test_texture_side_follows_the_photos_pixel_footprint():
+    """The side is the power of two nearest to what the photos carry: a sphere of radius 1 seen
+    from 4 units by a 1000-px focal has pixels 0.004 wide there, so its area 4 pi at 70 % atlas
+    use needs ~1060 texels a side -> 1024 (rounding up gave 2048); twice the texels per pixel -> 2048."""
+    from stages.common.cameras import orbit_frames, square_frame
+    from stages.export.photo_texture import texture_size_for
+
+    sphere = trimesh.creation.icosphere(subdivisions=5)
+    template = square_frame(1000, 2 * np.degrees(np.arctan(0.5)))  # focal 1000 px
+    frames = orbit_frames(8, template, distance=4.0)
+    assert texture_size_for(sphere, frames) == 1024
+    assert texture_size_for(sphere, frames, texels_per_pixel=2.0) == 2048
+    assert texture_size_for(sphere, frames, texels_per_pixel=2.0, largest=1024) == 1024
+    assert texture_size_for(sphere, frames, texels_per_pixel=0.1) == 512  # never below `smallest`

@@ -28,8 +28,8 @@ Method   1. the geometry field on a lattice of `resolution`^3 nodes over the occ
          5. every detail level of `levels` (levels.py: Apple's names and limits, preview < 25k,
             reduced < 50k, medium < 100k, full < 250k triangles): the most detailed is the
             reference; the others are decimated from the clean mesh, unwrapped anew and take the
-            reference's maps by closest point. Texture side: `texture_size` (0: texels about the
-            photos' pixel footprint on the surface, up to `max_texture_size`), capped per level;
+            reference's maps by closest point. Texture side: `texture_size` (0: `texels_per_pixel`
+            texels per photo pixel on the surface, up to `max_texture_size`), capped per level;
          6. maps encoded for glTF (bake.encode_textures): base colour, ORM (occlusion, roughness,
             metallic 0), tangent-space normals, and the specular strength as
             KHR_materials_specular's F0 (bake.specular_colour_texture has the derivation);
@@ -76,6 +76,7 @@ Config   [export] resolution 256      lattice nodes per axis for marching cubes
          morphology_nodes 1           close then open the solid by this many lattice nodes: removes
                                       the noise tunnels and bridges that fragment the UV atlas
          texture_size 0, max_texture_size 2048 [quality 4096]   texture side (0: from the photos)
+         texels_per_pixel 1 [quality 2]  texels per photo pixel (side) when the size is from the photos
          photo_texture true           albedo from the de-lit photos where they see the surface
          padding_px 4                 texels between atlas charts
          occlusion_rays 64            hemisphere rays per vertex for ambient occlusion (0: none)
@@ -455,7 +456,8 @@ def run(ctx: StageContext) -> dict:
     normalization = json.loads((ctx.input("poses") / "normalization.json").read_text(encoding="utf-8"))
     model_from_world = placement(mesh.vertices, normalization.get("source"), cfg["placement"], float(cfg["scale_to"]),
                                  cfg["scale_points"], float(cfg["scale_length"]))
-    size = int(cfg["texture_size"]) or texture_size_for(mesh, frames, largest=int(cfg["max_texture_size"]))
+    size = int(cfg["texture_size"]) or texture_size_for(mesh, frames, float(cfg["texels_per_pixel"]),
+                                                        largest=int(cfg["max_texture_size"]))
     sizes = {level.name: min(size, level.max_texture) for level in levels}
     reference = _bake_reference(ctx, mesh, sizes[main.name], trained, masks, cfg, clock.lap)
     extras = {"pose_source": normalization.get("source"), "density_threshold": threshold,
