@@ -130,6 +130,20 @@ def _load_views(ctx: StageContext, max_size: int) -> tuple[list[Frame], list[np.
     return frames, images, coverages, sources, masks.threshold
 
 
+def _render_supersampled(field: NerfWField, grid: OccupancyGrid, full: Frame, small: Frame, appearance: torch.Tensor,
+                         step_size: float) -> dict:
+    """render_view of `small` (a downsized `full`) with 2x2 rays per pixel where the photo had the
+    pixels, so the render is filtered like the downsized photo instead of aliasing its texture."""
+    factor = 2 if (full.w, full.h) != (small.w, small.h) else 1
+    device = field.aabb_min.device
+    out = render_view(field, grid, Cameras.from_frames([full.scaled(factor * small.w, factor * small.h)]).to(device),
+                      0, appearance, step_size)
+    if factor == 1:
+        return out
+    pool = lambda x: torch.nn.functional.avg_pool2d(x.movedim(-1, 0)[None], factor)[0].movedim(0, -1)  # noqa: E731
+    return {"rgb": pool(out["rgb"]), "acc": pool(out["acc"][..., None])[..., 0], "depth": pool(out["depth"][..., None])[..., 0]}
+
+
 def _split(frames: list[Frame], every: int, stems: list[str]) -> tuple[list[int], list[int]]:
     if stems:
         held = [i for i, f in enumerate(frames) if f.stem in set(stems)]
@@ -276,9 +290,7 @@ def run(ctx: StageContext) -> dict:
         results = []
         for v in views:
             frame, image, coverage = heldout_views[v]
-            # one ray per pixel: 2x2 rays gave the same PSNR within 0.01 dB on the skull and spot-wild, at 4x the time
-            out = render_view(field, grid, Cameras.from_frames([frame]).to(device), 0,
-                              field.appearance.neutral().detach(), step_size)
+            out = _render_supersampled(field, grid, frames[v], frame, field.appearance.neutral().detach(), step_size)
             photo = torch.from_numpy(image.copy()).to(device).float() / 255.0
             coverage = torch.from_numpy(coverage.copy()).to(device)
             inside, whole = image_psnr(out["rgb"], photo, coverage >= threshold, coverage.float() / 255.0)
