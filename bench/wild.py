@@ -5,6 +5,7 @@
     python -m bench.wild dino               # Middlebury dino: poses against the calibration
     python -m bench.wild ethiopian-head     # 66 real photos, light turning with the turntable
     python -m bench.wild skull              # the shipped example, photos to GLB
+    python -m bench.wild spot-wild-ceiling  # what the truth itself scores on spot-wild's relit views
     python -m bench.wild CASE --out bench-runs/wild --set geometry.steps=400 ...
 
 Cases live in ../shared/data (see its README) and examples/. Every case runs `neroic run` with
@@ -31,6 +32,9 @@ background; held-out cameras lit by two environments no photo saw, with those li
   chamfer   GLB to the true mesh, % of the true mesh's bounding-box diagonal (100k samples each way)
   normals   median angle between the GLB's smooth surface normals and the true mesh's, over the
             held-out pixels both cover
+  ceiling   the relit score of the truth itself (true albedo and mesh) under the given SH, with
+            and without cast shadows, and under the best order-2 SH fitted to each held-out photo
+            (`relighting_ceiling`): no diffuse SH-lit model can be expected above these
 """
 from __future__ import annotations
 
@@ -78,24 +82,89 @@ def mask_iou(workdir: Path, true_masks: Path) -> dict:
     return {"mean": float(np.mean(values)), "min": float(np.min(values)), "per_photo": ious}
 
 
-def true_surface(mesh, frame) -> tuple[np.ndarray, np.ndarray]:
-    """The true mesh seen by `frame`: hit [H, W] bool, smooth unit normals [H, W, 3]."""
+def raycasting_scene(mesh):
     import open3d as o3d
-
-    from stages.export.preview import pixel_rays
 
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)), o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+    return scene
+
+
+def cast(scene, origins: np.ndarray, dirs: np.ndarray) -> dict:
+    import open3d as o3d
+
+    return scene.cast_rays(o3d.core.Tensor(np.concatenate([origins, dirs], axis=1).astype(np.float32)))
+
+
+def true_surface(mesh, frame, points: bool = False):
+    """The true mesh seen by `frame`: hit [H, W] bool, smooth unit normals [H, W, 3] (and, with
+    points=True, the hit points [H, W, 3])."""
+    from stages.export.preview import pixel_rays
+
     origins, dirs = pixel_rays(frame)
-    hits = scene.cast_rays(o3d.core.Tensor(np.concatenate([origins, dirs], axis=1).astype(np.float32)))
-    hit = np.isfinite(hits["t_hit"].numpy())
+    hits = cast(raycasting_scene(mesh), origins, dirs)
+    t = hits["t_hit"].numpy()
+    hit = np.isfinite(t)
     normals = np.zeros((hit.size, 3))
     face = hits["primitive_ids"].numpy()[hit].astype(np.int64)
     uv = hits["primitive_uvs"].numpy()[hit].astype(np.float64)
     bary = np.stack([1 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1)
     n = np.einsum("nk,nkc->nc", bary, mesh.vertex_normals[mesh.faces[face]])
     normals[hit] = n / np.linalg.norm(n, axis=1, keepdims=True)
-    return hit.reshape(frame.h, frame.w), normals.reshape(frame.h, frame.w, 3)
+    hit, normals = hit.reshape(frame.h, frame.w), normals.reshape(frame.h, frame.w, 3)
+    if not points:
+        return hit, normals
+    return hit, normals, (origins + dirs * np.where(hit.reshape(-1), t, 0.0)[:, None]).reshape(frame.h, frame.w, 3)
+
+
+def relighting_ceiling(data: Path, n_directions: int = 256) -> dict:
+    """What any diffuse model lit by order-2 SH can score on spot-wild's held-out views: the TRUE
+    albedo and TRUE mesh, lit (a) by the given SH of each view's environment, (b) the same with
+    each point's visibility of the sky through the true mesh (cast shadows, `n_directions` rays a
+    point), (c) by the order-2 SH fitted to that very held-out photo (27 free numbers a view).
+    Scored as `relit` is (PSNR after one scale per colour channel, inside the true mask)."""
+    from bench.relighting import fit_channel_scale, srgb_psnr
+    from stages.common.cameras import read_transforms
+    from stages.common.colour import srgb_to_linear
+    from stages.common.images import read_rgb
+    from stages.common.sh import fibonacci_sphere, read_lighting, sh_irradiance, sh_radiance
+    import trimesh
+
+    frames = read_transforms(data / "test_transforms.json")
+    lights = {Path(fp).stem: c for fp, c in read_lighting(data / "gt" / "lighting_test.json")}
+    mesh = trimesh.load(data / "gt" / "mesh.ply", process=False)
+    scene = raycasting_scene(mesh)
+    sky = fibonacci_sphere(n_directions)
+    unit_lights = torch.eye(9, dtype=torch.float64)[:, :, None].expand(9, 9, 3)  # light k: basis function k
+    photos, given, shadowed, fitted = [], [], [], []
+    for frame in frames:
+        with Image.open(data / frame.file_path) as im:
+            inside = np.asarray(im.convert("RGBA"))[..., 3] > 127
+        hit, normals, points = true_surface(mesh, frame, points=True)
+        m = inside & hit
+        n, x = normals[m], points[m]
+        albedo = srgb_to_linear(read_rgb(data / "gt" / "albedo" / Path(frame.file_path).name) / 255.0)[m]
+        photo = srgb_to_linear(read_rgb(data / frame.file_path) / 255.0)[m]
+        light = torch.as_tensor(lights[frame.stem], dtype=torch.float64)
+        given.append(albedo * sh_irradiance(light, torch.from_numpy(n)).numpy())
+        radiance = sh_radiance(light, torch.from_numpy(sky)).numpy().clip(0, None)  # [K, 3]
+        origins = (x + 1e-3 * n).astype(np.float32)
+        visible = np.stack([~np.isfinite(cast(scene, origins, np.broadcast_to(d, origins.shape))["t_hit"].numpy())
+                            for d in sky.astype(np.float32)], axis=1)
+        shadowed.append(albedo * (((n @ sky.T).clip(0, None) * visible) @ radiance) * (4 * np.pi / len(sky)))
+        basis = sh_irradiance(unit_lights, torch.from_numpy(n)[:, None, :])[..., 0].numpy()  # [P, 9]
+        best = np.empty_like(photo)
+        for c in range(3):
+            design = basis * albedo[:, c:c + 1]
+            best[:, c] = design @ np.linalg.lstsq(design, photo[:, c], rcond=None)[0]
+        fitted.append(best)
+        photos.append(photo)
+    truth = torch.from_numpy(np.concatenate(photos))
+    scores = {}
+    for name, parts in (("given_sh", given), ("given_sh_with_shadows", shadowed), ("best_sh_per_view", fitted)):
+        lit = torch.from_numpy(np.concatenate(parts))
+        scores[name] = round(srgb_psnr(lit * fit_channel_scale(lit, truth), truth), 2)
+    return scores
 
 
 def gradient_energy(image: np.ndarray, mask: np.ndarray) -> float:
@@ -225,7 +294,7 @@ def spot_wild_true(out: Path, overrides: list[str]) -> dict:
     workdir = out / "work"
     return {"wall_seconds": round(seconds, 1), "costs": stage_costs(workdir),
             "masks": {k: v for k, v in mask_iou(workdir, data / "gt" / "masks").items() if k != "per_photo"},
-            "heldout": score_spot_wild(workdir, data)}
+            "heldout": score_spot_wild(workdir, data), "heldout_ceiling": relighting_ceiling(data)}
 
 
 def spot_wild(out: Path, overrides: list[str]) -> dict:
@@ -367,8 +436,12 @@ def _glb_views(workdir: Path, path: Path, views: int = 3) -> float:
     return float(np.mean([e[0] for e in energy]) / np.mean([e[1] for e in energy]))
 
 
+def spot_wild_ceiling(out: Path, overrides: list[str]) -> dict:
+    return relighting_ceiling(SHARED / "spot-wild")
+
+
 CASES = {"spot-wild-true": spot_wild_true, "spot-wild": spot_wild, "dino": dino, "ethiopian-head": ethiopian_head,
-         "skull": skull}
+         "skull": skull, "spot-wild-ceiling": spot_wild_ceiling}
 
 
 def main(argv: list[str] | None = None) -> None:
