@@ -486,7 +486,7 @@ def test_camera_refinement_receives_gradients_through_the_field():
 def test_masks_are_checked_against_the_other_photos_hull():
     """A sky patch stuck to one mask is cut, a mask of something else is dropped, a user's mask is
     kept as it is, and the good masks agree."""
-    from stages.field.mask_agreement import agree_masks, hull_silhouette
+    from stages.field.mask_agreement import agree_masks, hull_silhouette, hull_surface_cells
 
     cams = Cameras.from_frames(_ring_frames(12, 48))
     masks = _sphere_masks(cams, 0.5)
@@ -498,7 +498,10 @@ def test_masks_are_checked_against_the_other_photos_hull():
     bad[4][2:14, 2:14] = True  # the same patch in a mask the user gave
     bad[5][masks[5].nonzero()[0].max():, :] = True  # a turntable below: more than half the mask
     hull = carve_visual_hull(cams, bad, lo, hi, resolution=32, min_misses=1)
-    silhouettes = [hull_silhouette(hull, lo, hi, cams, i) for i in range(len(masks))]
+    surface = hull_surface_cells(hull)
+    silhouettes = [hull_silhouette(surface, lo, hi, cams, i) for i in range(len(masks))]
+    assert surface.sum() < hull.sum() and all((s == hull_silhouette(hull, lo, hi, cams, i)).all()
+                                              for i, s in enumerate(silhouettes))
     editable = [i != 4 for i in range(len(masks))]
     repaired, verdicts = agree_masks(bad, silhouettes, editable)
     status = [v.status for v in verdicts]
