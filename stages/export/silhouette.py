@@ -51,10 +51,18 @@ def silhouette_iou(mesh: trimesh.Trimesh, frames: Sequence[Frame], masks: Sequen
     return np.asarray(out)
 
 
+# Candidate levels are compared on at most this many photos, evenly spread over the capture: on
+# the skull (64 photos), spot-wild (36) and ethiopian_head (61) half the photos chose the same level
+# as all of them, the IoUs within 0.003, at 0.6 of the time.
+LEVEL_SEARCH_PHOTOS = 32
+
+
 def best_level(candidates: Sequence[float], mesh_at: Callable[[float], trimesh.Trimesh], frames: Sequence[Frame],
                masks: Sequence[np.ndarray], max_size: int) -> tuple[float, list[tuple[float, float]]]:
-    """The candidate level whose mesh `mesh_at(level)` has the best mean silhouette IoU ->
-    (best level, [(level, mean IoU)] for every candidate tried)."""
+    """The candidate level whose mesh `mesh_at(level)` has the best mean silhouette IoU over (at
+    most LEVEL_SEARCH_PHOTOS of) the photos -> (best level, [(level, mean IoU)] for every candidate tried)."""
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), LEVEL_SEARCH_PHOTOS)).round().astype(int))
+    frames, masks = [frames[i] for i in pick], [masks[i] for i in pick]
     table = [(float(c), float(silhouette_iou(mesh_at(c), frames, masks, max_size).mean())) for c in candidates]
     if not table:
         raise ValueError("no candidate level leaves any solid")
