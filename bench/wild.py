@@ -97,13 +97,14 @@ def cast(scene, origins: np.ndarray, dirs: np.ndarray) -> dict:
     return scene.cast_rays(o3d.core.Tensor(np.concatenate([origins, dirs], axis=1).astype(np.float32)))
 
 
-def true_surface(mesh, frame, points: bool = False):
-    """The true mesh seen by `frame`: hit [H, W] bool, smooth unit normals [H, W, 3] (and, with
-    points=True, the hit points [H, W, 3])."""
+def true_surface(mesh, frame, scene=None, points: bool = False):
+    """The mesh seen by `frame`: hit [H, W] bool, smooth unit normals [H, W, 3] (and, with
+    points=True, the hit points [H, W, 3]); `scene`: the mesh's raycasting_scene, when one serves
+    many frames."""
     from stages.export.preview import pixel_rays
 
     origins, dirs = pixel_rays(frame)
-    hits = cast(raycasting_scene(mesh), origins, dirs)
+    hits = cast(raycasting_scene(mesh) if scene is None else scene, origins, dirs)
     t = hits["t_hit"].numpy()
     hit = np.isfinite(t)
     normals = np.zeros((hit.size, 3))
@@ -141,7 +142,7 @@ def relighting_ceiling(data: Path, n_directions: int = 256) -> dict:
     for frame in frames:
         with Image.open(data / frame.file_path) as im:
             inside = np.asarray(im.convert("RGBA"))[..., 3] > 127
-        hit, normals, points = true_surface(mesh, frame, points=True)
+        hit, normals, points = true_surface(mesh, frame, scene, points=True)
         m = inside & hit
         n, x = normals[m], points[m]
         albedo = srgb_to_linear(read_rgb(data / "gt" / "albedo" / Path(frame.file_path).name) / 255.0)[m]
@@ -231,6 +232,7 @@ def score_spot_wild(workdir: Path, data: Path, world_from_truth: np.ndarray | No
     renderer = Renderer({n: workdir / n for n in needed_stages(kinds, True, False)}, kinds, None, "cpu")
     model = exported_model(workdir)
     glb_mesh = trimesh.Trimesh(model.positions.astype(np.float64), model.faces, process=False)
+    truth_scene, glb_scene = raycasting_scene(truth_mesh), raycasting_scene(glb_mesh)
     columns = {k: [] for k in ("photo", "relit", "albedo", "true_albedo", "glb")}
     angles, sharp_glb, sharp_photo, sheet = [], [], [], []
     for frame in frames:
@@ -248,8 +250,8 @@ def score_spot_wild(workdir: Path, data: Path, world_from_truth: np.ndarray | No
         for name, image in (("photo", photo), ("relit", relit), ("albedo", albedo), ("true_albedo", true_albedo),
                             ("glb", glb)):
             columns[name].append(torch.from_numpy(np.ascontiguousarray(image[inside])).double())
-        hit_true, n_true = true_surface(truth_mesh, frame)
-        hit_glb, n_glb = true_surface(glb_mesh, frame)
+        hit_true, n_true = true_surface(truth_mesh, frame, truth_scene)
+        hit_glb, n_glb = true_surface(glb_mesh, frame, glb_scene)
         both = hit_true & hit_glb & inside
         angles.append(np.degrees(np.arccos(np.clip((n_true[both] * n_glb[both]).sum(-1), -1, 1))))
         core = binary_erosion(inside, iterations=3)
@@ -309,7 +311,7 @@ def shape_alignment(truth, model, initial: np.ndarray, samples: int = 30000) -> 
 
     def cloud(mesh) -> "o3d.geometry.PointCloud":
         points = o3d.geometry.PointCloud()
-        points.points = o3d.utility.Vector3dVector(np.asarray(mesh.sample(samples), dtype=np.float64))
+        points.points = o3d.utility.Vector3dVector(np.asarray(mesh.sample(samples, seed=0), dtype=np.float64))
         return points
 
     source, target = cloud(truth), cloud(model)
