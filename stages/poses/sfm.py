@@ -7,7 +7,9 @@
 folder under `work` (the stage's checkpoint folder), so an interrupted run resumes after the slow
 matching and "auto" can compare kinds. A learned kind that leaves photos out is tried once more
 with MORE_KEYPOINTS times `max_keypoints` (its own folder). After mapping, the largest model is
-checked against the masks and polished by one robust bundle adjustment.
+checked against the masks and polished by one robust bundle adjustment. When "auto"'s SIFT
+model is large enough but placed cameras wrong (taken out), the learned kind is tried too, and the
+photos the kept model lacks get their cameras from the other models where those agree (merge.py).
 """
 from __future__ import annotations
 
@@ -20,18 +22,19 @@ import numpy as np
 import pycolmap
 
 from stages.errors import NeroicError
-from stages.common.cameras import PERSPECTIVE_MODELS
+from stages.common.cameras import PERSPECTIVE_MODELS, Frame
 from stages.poses import database, learned
 from stages.poses.colmap_calls import colmap_log, interruptible
 from stages.poses.colmap_model import Solution, frame_from_image, solution_of
 from stages.poses.matching import extract_and_match
+from stages.poses.merge import cameras_from
 from stages.poses.normalize import hull_recall_without_each, points_in_silhouettes, silhouette_with_slack
 from stages.poses.photos import PhotoInput, read_mask
 
 MAPPERS = ("incremental", "global")
 FEATURES = ("auto", "sift", *learned.KINDS)
 AUTO_LEARNED = "xfeat"  # the learned kind "auto" uses: the fastest on a CPU
-AUTO_ENOUGH = 0.9  # "auto" stops after SIFT when it registered this fraction of the photos
+AUTO_ENOUGH = 0.9  # "auto" stops after SIFT when it registered this fraction (and placed none wrong)
 # A learned kind that registered fewer is tried again with this many times the keypoints: with
 # 1024 XFeat keypoints the Middlebury dino (16 photos 22.5 degrees apart, little texture) gave a
 # false model of 15 photos, 57 degrees off, and spot-wild with rembg masks a false one of 35; with
@@ -250,6 +253,7 @@ class Attempt:
     rejected: str = ""  # why the mapper's model was rejected, "" if it was not
     keypoints: int | None = None  # a learned kind's keypoints when not `max_keypoints` (a retry)
     dropped: dict[str, str] = field(default_factory=dict)  # image name -> why its camera was taken out
+    misplaced: list[str] = field(default_factory=list)  # the image names among those placed wrong
 
     def reject(self, why: str, log: logging.Logger) -> None:
         """Throw the model away, saying why (it becomes part of the attempt's summary)."""
@@ -274,11 +278,9 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
     rejecting the model if the median camera is at odds with it."""
     model = found.model
     by_name = {p.image_rel: p for p in photos}
-    points = [p for p in model.points3D.values()]
-    if not points:
+    xyz = object_points_of(model)
+    if not len(xyz):
         return
-    tracks = np.array([p.track.length() for p in points])
-    xyz = np.array([p.xyz for p in points])[tracks >= 3 if (tracks >= 3).sum() >= 20 else slice(None)]
     images = [model.image(i) for i in model.reg_image_ids()]
     frames = [frame_from_image(im, model.camera(im.camera_id), im.name) for im in images]
     silhouettes = [silhouette_with_slack(read_mask(by_name[im.name], threshold)) for im in images]
@@ -287,9 +289,7 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
         found.reject(f"its points fall outside the masks ({100 * np.median(agreement):.0f} % inside in the "
                      "median photo), false matches", log)
         return
-    centre = np.median(xyz, axis=0)
-    reach = HULL_BOX * np.percentile(np.linalg.norm(xyz - centre, axis=1), 95)
-    recall = hull_recall_without_each(frames, silhouettes, centre - reach, centre + reach)
+    recall = hull_recall(frames, silhouettes, xyz)
     if np.median(recall) < MODEL_MIN_HULL_RECALL:
         found.reject(f"the other photos' visual hull covers {100 * np.median(recall):.0f} % of the median photo's "
                      "mask, so its cameras disagree (false matches)", log)
@@ -297,7 +297,25 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
     observed = np.array([im.num_points3D for im in images], dtype=float)
     why = misplaced([im.name for im in images], recall, observed)
     found.dropped.update(why)
+    found.misplaced = sorted(why)
     drop_cameras(model, why, log)
+
+
+def object_points_of(model) -> np.ndarray:
+    """[N, 3] the model's points seen by 3 or more photos (all of them when fewer than 20 are)."""
+    points = list(model.points3D.values())
+    if not points:
+        return np.zeros((0, 3))
+    tracks = np.array([p.track.length() for p in points])
+    return np.array([p.xyz for p in points])[tracks >= 3 if (tracks >= 3).sum() >= 20 else slice(None)]
+
+
+def hull_recall(frames: list, silhouettes: list[np.ndarray], xyz: np.ndarray) -> np.ndarray:
+    """[F] the share of each frame's silhouette the others' visual hull covers, carved in a cube
+    of HULL_BOX times the sparse points' [N, 3] 95th-percentile reach around their median."""
+    centre = np.median(xyz, axis=0)
+    reach = HULL_BOX * np.percentile(np.linalg.norm(xyz - centre, axis=1), 95)
+    return hull_recall_without_each(frames, silhouettes, centre - reach, centre + reach)
 
 
 def misplaced(names: list[str], recall: np.ndarray, observed: np.ndarray) -> dict[str, str]:
@@ -352,8 +370,10 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
             log: logging.Logger, progress, device: str = "cpu", threads: int = 0) -> SfmResult:
     """Cameras and points in COLMAP's (arbitrary) SfM frame, from the first kind of features that
     registers AUTO_ENOUGH of the photos (a learned kind tried again with more keypoints before the
-    next kind), else from the attempt that registered the most (when none did, the
-    matches reported are those of the kind that verified the most pairs)."""
+    next kind; a first kind that placed cameras wrong is followed by the next all the same), else
+    from the attempt that registered the most (when none did, the matches reported are those of
+    the kind that verified the most pairs); the photos it lacks get the cameras the other attempts
+    found for them (fill_in)."""
     check_config(cfg)
     if cfg["shared_camera"] and len({(p.width, p.height) for p in photos}) > 1:
         raise NeroicError("poses.shared_camera needs photos of one size, but these differ",
@@ -362,17 +382,61 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
     for kind, keypoints in feature_plans(cfg, log):
         tried.append(attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device, threads, keypoints))
         log.info("%s", tried[-1].summary(len(photos)))
-        if tried[-1].registered >= AUTO_ENOUGH * len(photos):
+        if tried[-1].registered >= AUTO_ENOUGH * len(photos) and not (tried[-1].misplaced and len(tried) == 1):
             break
-    best = max(tried, key=lambda a: a.registered)  # the first (SIFT) on a tie
+    enough = [a for a in tried if a.registered >= AUTO_ENOUGH * len(photos)]
+    best = enough[0] if enough else max(tried, key=lambda a: a.registered)  # the first (SIFT) on a tie
     if best.registered == 0:  # report the matches of the kind that verified the most pairs
         best = max(tried, key=lambda a: len(a.pair_inliers))
     result = SfmResult(solution=None, features=best.kind, pair_inliers=best.pair_inliers,
                        attempts=[a.summary(len(photos)) for a in tried], dropped=best.dropped)
     if best.registered == 0:
         return result
-    model, stems = best.model, {p.image_rel: p.stem for p in photos}
-    images = [model.image(i) for i in model.reg_image_ids()]
-    result.solution = solution_of(model, {stems[im.name]: frame_from_image(im, model.camera(im.camera_id),
-                                                                           stems[im.name]) for im in images})
+    frames = frames_of(best.model, photos)
+    for other in tried:
+        if other is not best and other.model is not None:
+            note = fill_in(frames, best.model, other.model, photos, threshold, log)
+            if note:
+                result.attempts.append(f"{note} from {other.kind}")
+    result.dropped = {name: why for name, why in best.dropped.items() if Path(name).stem not in frames}
+    result.solution = solution_of(best.model, frames)
     return result
+
+
+def frames_of(model, photos: list[PhotoInput]) -> dict[str, Frame]:
+    """stem -> Frame for the model's registered photos."""
+    stems = {p.image_rel: p.stem for p in photos}
+    images = [model.image(i) for i in model.reg_image_ids()]
+    return {stems[im.name]: frame_from_image(im, model.camera(im.camera_id), stems[im.name]) for im in images}
+
+
+def seen_points(model, photos: list[PhotoInput]) -> dict[str, float]:
+    """stem -> how many of the model's 3-D points its photo sees."""
+    stems = {p.image_rel: p.stem for p in photos}
+    return {stems[model.image(i).name]: float(model.image(i).num_points3D) for i in model.reg_image_ids()}
+
+
+def fill_in(frames: dict[str, Frame], model, other_model, photos: list[PhotoInput], threshold: int,
+            log: logging.Logger) -> str:
+    """Add to `frames` (those of `model`, the kept one) the cameras of photos it lacks from
+    `other_model` (merge.py), unless `misplaced` marks them among all the cameras (each judged by
+    the points it sees in its own model); a sentence on what was added, "" if nothing."""
+    added, how = cameras_from(frames, frames_of(other_model, photos))
+    if not added:
+        if how != "nothing to add":
+            log.info("no cameras merged from the other model: %s", how)
+        return ""
+    by_stem = {p.stem: p for p in photos}
+    stems = [*frames, *added]
+    silhouettes = [silhouette_with_slack(read_mask(by_stem[s], threshold)) for s in stems]
+    recall = hull_recall([*frames.values(), *added.values()], silhouettes, object_points_of(model))
+    seen, theirs = seen_points(model, photos), seen_points(other_model, photos)
+    to_ours = np.median(list(seen.values())) / max(np.median(list(theirs.values())), 1.0)  # the models' scales
+    seen.update({stem: theirs[stem] * to_ours for stem in added})
+    wrong = misplaced(stems, recall, np.array([seen[s] for s in stems]))
+    for stem in added:
+        log.info("%s the camera of %s from the other model%s", "did not merge" if stem in wrong else "merged", stem,
+                 f": {wrong[stem]}" if stem in wrong else "")
+    kept = [stem for stem in added if stem not in wrong]
+    frames.update({stem: added[stem] for stem in kept})
+    return f"{len(kept)} camera(s) merged in ({how}): {', '.join(kept)}" if kept else ""
