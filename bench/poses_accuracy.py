@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.common.cameras import Frame, c2w_from_w2c, frame_stem, read_transforms, similarity_from_points
+from stages.common.cameras import Frame, c2w_from_w2c, frame_stem, read_transforms, robust_similarity, rotation_angle
 from stages.poses.importers import read_poses_bounds
 
 MIN_COMMON = 3  # a similarity needs three camera centres
-OUTLIER_FACTOR = 3.0  # cameras this many times farther off than the median do not steer the fit
 
 
 def read_middlebury(path: Path) -> dict[str, Frame]:
@@ -65,11 +64,6 @@ def read_truth(path: Path, workdir: Path | None = None) -> dict[str, Frame]:
     return {f.stem: f for f in read_transforms(path, roots=[path.parent.parent])}
 
 
-def rotation_angle(R: np.ndarray) -> float:
-    """Degrees turned by the rotation matrix R [3, 3]."""
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
-
-
 def centred_rotation(frame: Frame) -> np.ndarray:
     """[3, 3] camera-to-world rotation of the camera with its principal point at the image centre
     that sees the same rays as `frame` near that centre. SfM without a calibration fixes the
@@ -81,21 +75,6 @@ def centred_rotation(frame: Frame) -> np.ndarray:
     v, c = np.cross(forward, axis), float(forward @ axis)
     V = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
     return frame.c2w[:3, :3] @ (np.eye(3) + V + V @ V / (1.0 + c))  # the turn taking forward to axis
-
-
-def robust_similarity(est: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The similarity [4, 4] mapping estimated centres [N, 3] onto true ones, fitted again on the
-    cameras it already maps well (within OUTLIER_FACTOR x the median error), so that a few badly
-    placed cameras do not tilt the frame in which all the others are scored; and that inlier mask [N]."""
-    inliers = np.ones(len(est), dtype=bool)
-    for _ in range(3):
-        T = similarity_from_points(est[inliers], true[inliers])
-        error = np.linalg.norm(est @ T[:3, :3].T + T[:3, 3] - true, axis=1)
-        keep = error <= OUTLIER_FACTOR * np.median(error)
-        if keep.sum() < MIN_COMMON or np.array_equal(keep, inliers):
-            break
-        inliers = keep
-    return T, inliers
 
 
 def score(estimated: dict[str, Frame], truth: dict[str, Frame], total: int | None = None,

@@ -330,7 +330,8 @@ def spot_wild(out: Path, overrides: list[str]) -> dict:
     (the truth mapped there by the similarity of the camera centres, refined by ICP of the true mesh
     onto the GLB: `shape_alignment`) when enough photos are posed; the scores under the centres'
     similarity alone are kept beside them."""
-    from bench.poses_accuracy import robust_similarity, score_workdir
+    from bench.poses_accuracy import score_workdir
+    from stages.common.cameras import robust_similarity
     from stages.common.cameras import read_transforms
 
     data = SHARED / "spot-wild"

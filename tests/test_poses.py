@@ -17,7 +17,8 @@ from PIL import Image
 from pipeline.config import defaults
 from stages.context import Sources, StageContext
 from stages.errors import NeroicError
-from stages.common.cameras import Frame, project, read_transforms, similarity_from_points, transform_c2w
+from stages.common.cameras import (Frame, project, read_transforms, rotation_angle, similarity_from_points,
+                                   transform_c2w)
 from stages.poses import database, learned
 from stages.poses.camera_groups import camera_groups
 from stages.poses.normalize import (
@@ -591,7 +592,7 @@ def test_cameras_one_model_lacks_are_taken_from_another_in_its_frame():
     """merge.cameras_from: a second model of the same photos, in another SfM frame (turned, moved,
     scaled) with small errors and one wild camera, gives the photos the first lacks their cameras
     in the first's frame; models that disagree on the shared cameras give nothing."""
-    from stages.poses.merge import MIN_SHARED, cameras_from, rotation_deg
+    from stages.poses.merge import MIN_SHARED, cameras_from
 
     rng = np.random.default_rng(3)
     template = Frame(stem="t", c2w=np.eye(4), w=200, h=150, fl_x=180.0, fl_y=180.0, cx=100.0, cy=75.0)
@@ -615,7 +616,7 @@ def test_cameras_one_model_lacks_are_taken_from_another_in_its_frame():
     assert set(added) == lacking, how
     for stem, frame in added.items():
         assert np.linalg.norm(frame.centre - truth[stem].centre) < 0.05
-        assert rotation_deg(frame.c2w[:3, :3], truth[stem].c2w[:3, :3]) < 0.5
+        assert rotation_angle(frame.c2w[:3, :3].T @ truth[stem].c2w[:3, :3]) < 0.5
         assert frame.fl_x == truth[stem].fl_x
 
     turned = {s: replace(f, c2w=f.c2w @ np.diag([-1.0, 1.0, -1.0, 1.0])) for s, f in secondary.items()}  # 180 deg
@@ -681,7 +682,7 @@ def test_shape_alignment_undoes_what_the_camera_centres_got_wrong():
 def test_centred_rotation_looks_through_the_image_centre():
     """A camera whose principal point is off the centre: the centred camera's optical axis is the
     ray the calibrated camera sees at the image centre, and a centred camera stays as it is."""
-    from bench.poses_accuracy import centred_rotation, rotation_angle
+    from bench.poses_accuracy import centred_rotation
 
     rng = np.random.default_rng(3)
     c2w = np.eye(4)

@@ -189,6 +189,27 @@ def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return T
 
 
+def robust_similarity(src: np.ndarray, dst: np.ndarray, factor: float = 3.0,
+                      min_points: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The similarity [4, 4] mapping points src [N, 3] onto dst [N, 3] (camera centres), fitted
+    again on the points it already maps within `factor` x the median error (while `min_points`
+    remain), so that a few cameras placed wrong do not tilt it; and that inlier mask [N]."""
+    inliers = np.ones(len(src), dtype=bool)
+    for _ in range(3):
+        T = similarity_from_points(src[inliers], dst[inliers])
+        error = np.linalg.norm(src @ T[:3, :3].T + T[:3, 3] - dst, axis=1)
+        keep = error <= factor * max(float(np.median(error)), 1e-12)
+        if keep.sum() < min_points or np.array_equal(keep, inliers):
+            break
+        inliers = keep
+    return T, inliers
+
+
+def rotation_angle(R: np.ndarray) -> float:
+    """Degrees turned by the rotation matrix R [3, 3]."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
+
+
 # -- transforms.json ------------------------------------------------------------------------
 
 def safe_path(base: Path, relative: str, roots: Iterable[Path], what: str) -> Path:

@@ -16,18 +16,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from stages.common.cameras import Frame, similarity_from_points, transform_c2w
+from stages.common.cameras import Frame, robust_similarity, rotation_angle, transform_c2w
 
 MIN_SHARED = 6  # cameras both models hold, at least, to fit the similarity between them
 REFIT_FACTOR = 3.0  # the fit is repeated on the shared cameras it maps within this many times the median error
 # After the fit, the shared cameras' rotations must agree this well (median, degrees); two right
 # models of ethiopian_head (SIFT, XFeat) agreed to 0.5 deg.
 MAX_ROTATION_DEG = 2.0
-
-
-def rotation_deg(a: np.ndarray, b: np.ndarray) -> float:
-    """Degrees between two rotation matrices [3, 3]."""
-    return float(np.degrees(np.arccos(np.clip((np.trace(a.T @ b) - 1.0) / 2.0, -1.0, 1.0))))
 
 
 def cameras_from(primary: dict[str, Frame], secondary: dict[str, Frame]) -> tuple[dict[str, Frame], str]:
@@ -39,17 +34,9 @@ def cameras_from(primary: dict[str, Frame], secondary: dict[str, Frame]) -> tupl
         return {}, "nothing to add"
     if len(shared) < MIN_SHARED:
         return {}, f"only {len(shared)} cameras in common (at least {MIN_SHARED} needed)"
-    src = np.array([secondary[s].centre for s in shared])
-    dst = np.array([primary[s].centre for s in shared])
-    keep = np.ones(len(shared), dtype=bool)
-    for _ in range(3):
-        T = similarity_from_points(src[keep], dst[keep])
-        error = np.linalg.norm(src @ T[:3, :3].T + T[:3, 3] - dst, axis=1)
-        refit = error <= REFIT_FACTOR * max(np.median(error), 1e-12)
-        if refit.sum() < MIN_SHARED or np.array_equal(refit, keep):
-            break
-        keep = refit
-    turns = [rotation_deg(primary[s].c2w[:3, :3], transform_c2w(T, secondary[s].c2w)[:3, :3])
+    T, keep = robust_similarity(np.array([secondary[s].centre for s in shared]),
+                                np.array([primary[s].centre for s in shared]), REFIT_FACTOR, MIN_SHARED)
+    turns = [rotation_angle(primary[s].c2w[:3, :3].T @ transform_c2w(T, secondary[s].c2w)[:3, :3])
              for s, k in zip(shared, keep) if k]
     if np.median(turns) > MAX_ROTATION_DEG:
         return {}, f"the models disagree on the cameras they share ({np.median(turns):.1f} deg median)"

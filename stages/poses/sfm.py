@@ -421,6 +421,9 @@ def fill_in(frames: dict[str, Frame], model, other_model, photos: list[PhotoInpu
     """Add to `frames` (those of `model`, the kept one) the cameras of photos it lacks from
     `other_model` (merge.py), unless `misplaced` marks them among all the cameras (each judged by
     the points it sees in its own model); a sentence on what was added, "" if nothing."""
+    xyz = object_points_of(model)
+    if not len(xyz):
+        return ""
     added, how = cameras_from(frames, frames_of(other_model, photos))
     if not added:
         if how != "nothing to add":
@@ -429,7 +432,7 @@ def fill_in(frames: dict[str, Frame], model, other_model, photos: list[PhotoInpu
     by_stem = {p.stem: p for p in photos}
     stems = [*frames, *added]
     silhouettes = [silhouette_with_slack(read_mask(by_stem[s], threshold)) for s in stems]
-    recall = hull_recall([*frames.values(), *added.values()], silhouettes, object_points_of(model))
+    recall = hull_recall([*frames.values(), *added.values()], silhouettes, xyz)
     seen, theirs = seen_points(model, photos), seen_points(other_model, photos)
     to_ours = np.median(list(seen.values())) / max(np.median(list(theirs.values())), 1.0)  # the models' scales
     seen.update({stem: theirs[stem] * to_ours for stem in added})
