@@ -51,6 +51,8 @@ Config   [geometry] (defaults = the preview profile; quality: steps 3000, max_se
          coarse_step_factor 4.0, coarse_fraction 0.3  the step starts this much larger and
                                      shrinks to the final one over this fraction of the steps
          coarse_to_fine 0.5          hash levels switch on (from 4) over this share of training
+         sharpen_surface 0.8         (sdf) the surface width's bound narrows from 2 march steps to its
+                                     minimum (half a step) over this share of training (0: learned)
          occupancy_resolution 128, hull_margin_px 2.0, hull_max_miss_fraction 0.05
          occupancy_update_every 16, occupancy_warmup 64
          repair_masks true           masks checked against the others' visual hull: background pieces

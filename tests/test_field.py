@@ -271,6 +271,28 @@ def test_sdf_field_starts_as_its_prior_and_its_gradient_is_the_normal():
     assert torch.allclose(sigma_in, 1 / field.surface_width, rtol=1e-4) and sigma_out.item() < 1e-6
 
 
+
+def test_the_surface_width_bound_narrows_to_the_minimum_and_holds_the_learned_width_under_it():
+    """The bound starts at the initial width and reaches the minimum at `sharpen_surface` of
+    training; bounding a field keeps a narrower learned width as it is and never goes below the floor."""
+    from stages.field.training import surface_width_bound
+
+    cfg = from_section(TrainConfig, {**defaults()["geometry"], "sharpen_surface": 0.5}, step_size=0.01)
+    assert surface_width_bound(0.0, cfg, 0.02, 0.005) == pytest.approx(0.02)
+    assert surface_width_bound(0.25, cfg, 0.02, 0.005) == pytest.approx(0.01)  # geometric: halfway in log
+    assert surface_width_bound(0.5, cfg, 0.02, 0.005) == pytest.approx(0.005)
+    assert surface_width_bound(0.9, cfg, 0.02, 0.005) == pytest.approx(0.005)
+    unbounded = from_section(TrainConfig, {**defaults()["geometry"], "sharpen_surface": 0.0}, step_size=0.01)
+    assert surface_width_bound(0.9, unbounded, 0.02, 0.005) == pytest.approx(0.02)
+    field = NerfWField(torch.full((3,), -1.0), torch.full((3,), 1.0), 2, n_levels=4, log2_table=12, max_resolution=64,
+                       surface="sdf", surface_width=0.02, min_surface_width=0.005)
+    field.bound_surface_width(0.01)
+    assert float(field.surface_width) == pytest.approx(0.01, rel=1e-5)
+    field.bound_surface_width(0.015)  # a looser bound leaves it where it is
+    assert float(field.surface_width) == pytest.approx(0.01, rel=1e-5)
+    field.bound_surface_width(0.001)
+    assert 0.005 <= float(field.surface_width) < 0.00501
+
 def test_occupancy_update_empties_cells_the_field_finds_empty():
     lo, hi = torch.full((3,), -1.0), torch.full((3,), 1.0)
     grid = OccupancyGrid(lo, hi, torch.ones(16, 16, 16, dtype=torch.bool))

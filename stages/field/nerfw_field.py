@@ -87,7 +87,7 @@ class NerfWField(nn.Module):
             # by up to ~10% of the object (the hull prior is already close)
             self.residual_scale = 0.1 * float((hi - lo).max())
             self.register_buffer("sdf_prior", torch.zeros(prior_resolution, prior_resolution, prior_resolution, 1))
-            self.min_surface_width = min_surface_width
+            self.min_surface_width, self.initial_surface_width = min_surface_width, surface_width
             self.log_surface_width = nn.Parameter(torch.tensor(math.log(max(surface_width - min_surface_width, 1e-6))))
             with torch.no_grad():
                 self.density_net.net[-1].weight[0].mul_(0.01)  # the residual starts near zero: d = the hull
@@ -123,6 +123,12 @@ class NerfWField(nn.Module):
     def surface_width(self) -> Tensor:
         """VolSDF's beta (world units): the density rises from 0 to 1/beta over about this distance."""
         return self.min_surface_width + torch.exp(self.log_surface_width)
+
+    @torch.no_grad()
+    def bound_surface_width(self, widest: float) -> None:
+        """Narrow the learned surface width to at most `widest` (world units; never below the minimum)."""
+        room = max(widest - self.min_surface_width, 1e-6 * self.min_surface_width)
+        self.log_surface_width.clamp_(max=math.log(room))
 
     def sdf(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """positions: [N, 3] world -> (signed distance [N] world units, negative inside; geometry

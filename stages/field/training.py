@@ -64,6 +64,7 @@ class TrainConfig:
     coarse_step_factor: float  # the march step starts this many times larger ...
     coarse_fraction: float  # ... and shrinks geometrically to step_size over this part of training
     coarse_to_fine: float  # share of training over which the hash levels switch on, coarse first
+    sharpen_surface: float  # share of training over which an SDF's surface width narrows to its minimum
     occupancy_update_every: int
     occupancy_warmup: int  # steps before the field may empty hull cells
     checkpoint_every: int
@@ -176,6 +177,15 @@ def march_step(progress: float, cfg: TrainConfig) -> float:
     return cfg.step_size * cfg.coarse_step_factor ** (1.0 - fine)
 
 
+def surface_width_bound(progress: float, cfg: TrainConfig, start: float, end: float) -> float:
+    """The widest an SDF's surface may be at this point of training: `start` narrowing geometrically
+    to `end` over the first `sharpen_surface` of training (0: no bound but `start`). Left to itself
+    the width narrows only as fast as the photos push it, and a short run ends with a wide one."""
+    if cfg.sharpen_surface <= 0:
+        return start
+    return start * (end / start) ** min(progress / cfg.sharpen_surface, 1.0)
+
+
 @contextmanager
 def interruptible_training(field, bar, checkpoint: Callable[[], None]) -> Iterator[None]:
     """Around a training loop: Ctrl-C saves a checkpoint before it goes on up (the stage resumes
@@ -209,6 +219,7 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
         params.append({"params": list(refinement.parameters()), "lr": cfg.camera_lr})
     optimizer = adam(params, betas=(0.9, 0.99), eps=1e-15)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
+    width_range = (field.initial_surface_width, field.min_surface_width) if field.is_sdf else None
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -306,6 +317,8 @@ def train_field(field: NerfWField, grid: OccupancyGrid, cameras: Cameras, pixels
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if field.is_sdf:
+                field.bound_surface_width(surface_width_bound(progress, cfg, *width_range))
             step += 1
 
             n_samples = int(out["n_samples"])
