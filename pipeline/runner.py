@@ -57,6 +57,19 @@ class StageResult:
     peak_gpu_mb: float | None = None
 
 
+def release_freed_memory() -> None:
+    """Hand memory that earlier stages freed back to the system (glibc keeps freed heap pages in
+    the process). Without it a run's later stages report, and hold, the earlier ones' peaks: the
+    skull's export peaked at 2.65 GB in a whole run, where the stage run on its own takes 1.56 GB."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # a libc without malloc_trim (musl)
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakMemory:
     """Peak resident memory of this process while a stage runs (sampled from /proc)."""
 
@@ -285,6 +298,7 @@ class Pipeline:
             log.info("running stage %s (fingerprint %s)", spec.name, fingerprint[:12])
             started = dt.datetime.now().astimezone()
             t0 = time.perf_counter()
+            release_freed_memory()
             with PeakMemory() as memory, GpuPeakMemory(self._device) as gpu_memory, remembered_ctrl_c() as ctrl_c:
                 module = importlib.import_module(spec.module)
                 if ctx.threads and "torch" in sys.modules:  # torch reads only OMP_NUM_THREADS by itself
