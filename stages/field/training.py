@@ -171,10 +171,14 @@ def active_levels(progress: float, cfg: TrainConfig, n_levels: int, start: int =
     return start + min(progress / cfg.coarse_to_fine, 1.0) * (n_levels - start)
 
 
+def geometric_schedule(progress: float, share: float, start: float, end: float) -> float:
+    """`start` moving geometrically to `end` over the first `share` of training, then `end`."""
+    return start * (end / start) ** min(progress / max(share, 1e-6), 1.0)
+
+
 def march_step(progress: float, cfg: TrainConfig) -> float:
     """Coarse to fine: early on the field is a blurry fog and fine steps only cost samples."""
-    fine = min(progress / max(cfg.coarse_fraction, 1e-6), 1.0)
-    return cfg.step_size * cfg.coarse_step_factor ** (1.0 - fine)
+    return geometric_schedule(progress, cfg.coarse_fraction, cfg.step_size * cfg.coarse_step_factor, cfg.step_size)
 
 
 def surface_width_bound(progress: float, cfg: TrainConfig, start: float, end: float) -> float:
@@ -183,7 +187,7 @@ def surface_width_bound(progress: float, cfg: TrainConfig, start: float, end: fl
     the width narrows only as fast as the photos push it, and a short run ends with a wide one."""
     if cfg.sharpen_surface <= 0:
         return start
-    return start * (end / start) ** min(progress / cfg.sharpen_surface, 1.0)
+    return geometric_schedule(progress, cfg.sharpen_surface, start, end)
 
 
 @contextmanager
