@@ -123,7 +123,8 @@ def relighting_ceiling(data: Path, n_directions: int = 256) -> dict:
     """What any diffuse model lit by order-2 SH can score on spot-wild's held-out views: the TRUE
     albedo and TRUE mesh, lit (a) by the given SH of each view's environment, (b) the same with
     each point's visibility of the sky through the true mesh (cast shadows, `n_directions` rays a
-    point), (c) by the order-2 SH fitted to that very held-out photo (27 free numbers a view).
+    point), (c) by the order-2 SH fitted to that very held-out photo's unclipped pixels (27 free
+    numbers a view).
     Scored as `relit` is (PSNR after one scale per colour channel, inside the true mask)."""
     from bench.relighting import fit_channel_scale, srgb_psnr
     from stages.common.cameras import read_transforms
@@ -158,7 +159,8 @@ def relighting_ceiling(data: Path, n_directions: int = 256) -> dict:
         best = np.empty_like(photo)
         for c in range(3):
             design = basis * albedo[:, c:c + 1]
-            best[:, c] = design @ np.linalg.lstsq(design, photo[:, c], rcond=None)[0]
+            unclipped = photo[:, c] < 0.99  # a clipped pixel says only "at least this bright"
+            best[:, c] = design @ np.linalg.lstsq(design[unclipped], photo[unclipped, c], rcond=None)[0]
         fitted.append(best)
         photos.append(photo)
     truth = torch.from_numpy(np.concatenate(photos))

@@ -104,6 +104,16 @@ def test_channel_scale_fit_undoes_a_scale():
     assert torch.allclose(k, torch.tensor([2.0, 0.5, 1.5]), atol=1e-5)
 
 
+def test_channel_scale_fit_finds_the_scale_of_a_photo_that_clips_its_highlights():
+    # two thirds of the red channel is clipped: least squares in linear light halves its factor
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(20000, 3, generator=generator, dtype=torch.float64)
+    photo = (x * torch.tensor([3.0, 1.0, 0.4], dtype=torch.float64)
+             + 0.02 * torch.randn(20000, 3, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    k = fit_channel_scale(x, photo)
+    assert torch.allclose(k, torch.tensor([3.0, 1.0, 0.4], dtype=torch.float64), rtol=0.01)
+
+
 @pytest.fixture(scope="module")
 def small_capture(tmp_path_factory):
     from tests.synthetic.spot_capture import make_spot_capture

@@ -208,9 +208,11 @@ def test_spot_wild_truth_lit_by_its_given_sh_scores_the_relighting_ceiling():
     """The true albedo and mesh under the held-out views' given SH (read in this project's
     convention: the light turned half a circle scores about 8 dB) land between 19 and 24 dB, below
     the best SH fitted to each photo: the sun's sharp shadows and the specular lobe are beyond any
-    order-2 light, which caps what the relit scores of bench.wild can reach."""
+    order-2 light, which caps what the relit scores of bench.wild can reach. Shadowing the sky
+    through the true mesh scores lower (the path tracer fills the shadows with light bounced off
+    the body), but not far lower."""
     from bench.wild import relighting_ceiling
 
     ceiling = relighting_ceiling(shared("spot-wild"), n_directions=32)
     assert 19.0 < ceiling["given_sh"] < ceiling["best_sh_per_view"] < 24.0
-    assert abs(ceiling["given_sh_with_shadows"] - ceiling["given_sh"]) < 1.5
+    assert ceiling["given_sh"] - 3.0 < ceiling["given_sh_with_shadows"] < ceiling["given_sh"]
