@@ -291,16 +291,21 @@ def _install_weights():
 @click.option("--lighting-of", metavar="PHOTO", help="Relight with the light learned for this photo.")
 @click.option("--env", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Relight with an equirectangular environment image (.hdr or LDR), projected to SH.")
+@click.option("--exposure", type=float, default=0.0, metavar="STOPS",
+              help="Brighten (+) or darken (-) the relighting light by this many stops, as a camera would: "
+                   "a bright environment clips the whites of an 8-bit picture.")
 @device_option
 @debug_option
 @quiet_option
-def render(workdir, cameras, turntable, out, what, appearance_of, lighting, lighting_of, env, device, debug, quiet):
+def render(workdir, cameras, turntable, out, what, appearance_of, lighting, lighting_of, env, exposure, device, debug,
+           quiet):
     """Render cameras from a finished workdir, unlit or relit, as PNGs named like the frames."""
-    guarded(_render)(workdir, cameras, turntable, out, what, appearance_of, lighting, lighting_of, env, device,
-                     quiet, debug=debug)
+    guarded(_render)(workdir, cameras, turntable, out, what, appearance_of, lighting, lighting_of, env, exposure,
+                     device, quiet, debug=debug)
 
 
-def _render(workdir, cameras, turntable, out, what, appearance_of, lighting, lighting_of, env, device, quiet):
+def _render(workdir, cameras, turntable, out, what, appearance_of, lighting, lighting_of, env, exposure, device,
+            quiet):
     from pipeline.runner import resolve_device
     from stages import render as rendering
     from stages.common.cameras import read_transforms
@@ -309,12 +314,14 @@ def _render(workdir, cameras, turntable, out, what, appearance_of, lighting, lig
         raise click.UsageError("give either --cameras FILE or --turntable N")
     if sum(x is not None for x in (lighting, lighting_of, env)) > 1:
         raise click.UsageError("--lighting, --lighting-of and --env are alternatives: give one")
+    relit = any(x is not None for x in (lighting, lighting_of, env))
+    if exposure and not relit:
+        raise click.UsageError("--exposure scales a relighting light: give --lighting, --lighting-of or --env")
     kinds = tuple(k.strip() for k in what.split(",") if k.strip())
     wd = Workdir(workdir)
     wd.require()
     settings = _settings(wd, None, device, ())
     pipe = Pipeline(wd, settings, wd.read_sources())
-    relit = any(x is not None for x in (lighting, lighting_of, env))
     folders = {}
     for name in rendering.needed_stages(kinds, relit, turntable is not None):
         state = pipe.state(get_stage(name))
@@ -332,6 +339,8 @@ def _render(workdir, cameras, turntable, out, what, appearance_of, lighting, lig
         light = rendering.learned_light(folders["material"], lighting_of)
     elif env is not None:
         light = rendering.environment_light(env)
+    if light is not None:
+        light = light * 2.0 ** exposure  # an SH light is linear in its radiance
     files = rendering.render(folders, out, kinds, light, cameras=read_transforms(cameras) if cameras else None,
                              turntable=turntable or 0, appearance_of=appearance_of,
                              device=resolve_device(settings["run"]["device"]),

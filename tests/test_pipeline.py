@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stages.common.colour import srgb_to_linear
+
 TINY = ["--set", "geometry.steps=150", "--set", "geometry.max_seconds=0", "--set", "geometry.occupancy_resolution=64",
         "--set", "normals.resolution=64", "--set", "normals.tighten_resolutions=[48]",
         "--set", "material.steps=60", "--set", "material.max_pixels_per_photo=2000",
@@ -76,6 +78,18 @@ def test_render_unlit_relit_and_turntable(finished, tmp_path):
                    "--lighting", capture / "lighting_test.json", "--what", "rgb,albedo,shading", "-q")
     assert relit.returncode == 0, relit.stderr
     assert (tmp_path / "b" / "albedo" / "r_016.png").exists()
+
+    darker = neroic("render", "--workdir", work, "--cameras", capture / "transforms_test.json", "--out",
+                    tmp_path / "e", "--lighting", capture / "lighting_test.json", "--what", "rgb,albedo",
+                    "--exposure", "-1", "-q")
+    assert darker.returncode == 0, darker.stderr
+    full, half = (srgb_to_linear(np.asarray(Image.open(tmp_path / d / "r_016.png"))[..., :3] / 255.0) for d in "be")
+    lit = (full > 0.05) & (full < 0.95)  # neither lost in 8 bits nor clipped
+    assert lit.sum() > 100 and np.median(half[lit] / full[lit]) == pytest.approx(0.5, abs=0.02)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b" / "albedo" / "r_016.png")),
+                          np.asarray(Image.open(tmp_path / "e" / "albedo" / "r_016.png")))  # the material is not lit
+    unlit = neroic("render", "--workdir", work, "--turntable", 3, "--out", tmp_path / "f", "--exposure", "1")
+    assert unlit.returncode == 2 and "--exposure scales a relighting light" in unlit.stderr
 
     turn = neroic("render", "--workdir", work, "--turntable", 3, "--out", tmp_path / "c", "--lighting-of", "r_001", "-q")
     assert turn.returncode == 0, turn.stderr
