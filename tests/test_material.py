@@ -14,7 +14,7 @@ from stages.common.sh import ambient_sh, read_lighting
 from bench.relighting import evaluate_capture, fit_channel_scale
 from bench.ground_truth import density_grid_from_mesh, surface_from_capture
 from stages.material.lighting import PhotoLighting, read_response
-from stages.material.losses import specular_regulariser
+from stages.material.losses import colour_loss, specular_regulariser
 from stages.material.material_field import MaterialField, load_material, save_material
 from stages.common.colour import linear_to_srgb, srgb_to_linear
 from stages.material.shading import shade
@@ -96,6 +96,19 @@ def test_save_and_load_give_the_same_query(tmp_path):
     n = torch.nn.functional.normalize(torch.randn(100, 3), dim=-1)
     for a, b in zip(field.query(p, n), loaded.query(p, n)):
         assert torch.allclose(a, b)
+
+
+def test_colour_loss_pulls_an_outlier_no_harder_than_its_threshold():
+    """Squared error for residuals under `huber`, linear beyond: a pixel 0.4 off (a sun's shadow the
+    light cannot hold) pulls with 2 * 0.05, not 2 * 0.4; small residuals are fitted as before."""
+    photo = torch.tensor([[0.52, 0.5, 0.5], [0.9, 0.5, 0.5]])
+    for huber, outlier_pull in ((0.0, 2 * 0.4), (0.05, 2 * 0.05)):
+        rendered = torch.full((2, 3), 0.5, requires_grad=True)
+        colour_loss(rendered, photo, huber).backward()
+        n = photo.numel()
+        assert rendered.grad[0, 0] * n == pytest.approx(-2 * 0.02, abs=1e-6)
+        assert rendered.grad[1, 0] * n == pytest.approx(-outlier_pull, abs=1e-6)
+    assert float(colour_loss(torch.full((2, 3), 0.5), photo)) == pytest.approx(float((0.5 - photo).square().mean()))
 
 
 def test_channel_scale_fit_undoes_a_scale():

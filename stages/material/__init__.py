@@ -11,7 +11,7 @@ Method   Every object pixel whose geometry ray is opaque (acc >= min_acc; silhou
          albedo / pi * E(n) + k_s * sh_specular(reflect(v, n), s) under the photo's own order-2 SH
          light, where cast shadows remove the light's directional part along the ray towards its
          dominant direction through the density grid (visibility.py), so shadows never enter the
-         albedo; then the photo's camera response (its gamma, lighting.py). Losses: sRGB colour, normals vs the normals stage (20), normal smoothness (0.5),
+         albedo; then the photo's camera response (its gamma, lighting.py). Losses: sRGB colour (squared up to 0.05, linear beyond), normals vs the normals stage (20), normal smoothness (0.5),
          L1 albedo smoothness (0.1), a specular regulariser against spatial variation of the
          lobe (0.02; it acts, unlike NeROIC's release, and does not shrink the lobe), light
          positivity (5), response (0.1: gammas near 1, the lights' mean colour grey). Learning
@@ -52,6 +52,7 @@ Config   [material] (defaults; `preview` / `quality` profile values in brackets)
          normal_weight 20.0, smoothness_weight 0.5, albedo_smoothness_weight 0.1,
          specular_weight 0.02, positivity_weight 5.0
          response_weight 0.1             L2 on the photos' log-gammas + the lights' mean colour grey
+         colour_huber 0.05               sRGB colour residuals beyond this count linearly (0: squared)
          shadows true, shadow_steps 32   cast shadows from the density grid
          min_acc 0.98                    opacity a pixel's ray needs to count as on the surface
          contact_sheet_photos 8, checkpoint_every 250, seed 0

@@ -48,6 +48,7 @@ class MaterialTrainConfig:
     lr: float  # material field (hash table and MLP)
     light_lr: float
     lr_final_factor: float  # cosine decay to lr * this at the last step
+    colour_huber: float  # colour residuals (sRGB) beyond this count linearly (0: squared error)
     normal_weight: float
     smoothness_weight: float
     albedo_smoothness_weight: float
@@ -173,7 +174,7 @@ def train_material(field: MaterialField, lights: PhotoLighting, surface: Surface
             rendered = linear_to_srgb(lights.respond(shading.rgb, surface.image[index]))
             target = surface.rgb[index]
             terms = {
-                "colour": colour_loss(rendered, target),
+                "colour": colour_loss(rendered, target, cfg.colour_huber),
                 "response": lights.log_gamma.square().mean() + lights.neutrality(),
                 "normal": normal_loss(material.normal, surface.normals[index]),
                 "specular": specular_regulariser(material.specular, material.glossiness),
