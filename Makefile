@@ -5,6 +5,7 @@
 #   make bench                 speed benchmarks (see bench/)
 #   make bench-quality         the whole pipeline on rendered Spot captures against ground truth
 #   make bench-wild            the pipeline on "online collection" captures (../shared/data) against their truth
+#   make bench-registration    the poses stage on every capture with reference cameras, and its model checks
 #   make gpu-check             parity tests, throughput and the example end to end on a CUDA GPU
 #   make batch CAPTURES=dir OUT=dir [BATCH_ARGS="--engine ray --keep-going"]
 #                              `neroic batch`: each CAPTURES/NAME/ folder into OUT/NAME.glb,
@@ -15,7 +16,7 @@ PYTHON   := $(VENV)/bin/python
 NEROIC   := $(VENV)/bin/neroic
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup system-deps test bench bench-quality bench-wild gpu-check batch
+.PHONY: setup system-deps test bench bench-quality bench-wild bench-registration gpu-check batch
 
 setup: system-deps
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -58,6 +59,11 @@ bench-quality:
 WILD_CASES ?= spot-wild-true spot-wild dino ethiopian-head skull
 bench-wild:
 	for case in $(WILD_CASES); do $(PYTHON) -m bench.wild $$case || exit 1; done
+
+# The poses stage alone on milk, spot-wild, ethiopian_head, dino, skull01, kermit and captures made to
+# trap it (bench/registration.py; about 40 minutes on 2 cores): bench-runs/registration/registration.md.
+bench-registration:
+	$(PYTHON) -m bench.registration --out bench-runs/registration
 
 gpu-check:
 	$(PYTHON) -m bench.gpu_check

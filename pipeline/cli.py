@@ -161,7 +161,7 @@ def main():
 
 
 @main.command()
-@click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("photos", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the model (.glb).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
@@ -178,12 +178,17 @@ def main():
 @debug_option
 @quiet_option
 def run(photos, out, workdir, poses, masks, profile, device, force, overrides, until, debug, quiet):
-    """Run every stage on the photos in PHOTOS and write the model to --out."""
+    """Run every stage on PHOTOS (a folder of photos and videos, or one video) and write the model to --out."""
     guarded(_run)(photos, out, workdir, poses, masks, profile, device, force, overrides, until, quiet,
                   debug=debug)
 
 
 def _run(photos, out, workdir, poses, masks, profile, device, force, overrides, until, quiet):
+    from stages.common.video import VIDEO_SUFFIXES
+
+    if photos.is_file() and photos.suffix.lower() not in VIDEO_SUFFIXES:
+        raise click.UsageError(f"PHOTOS {photos} is a file but no video ({', '.join(sorted(VIDEO_SUFFIXES))}); "
+                               "give a folder of photos and videos, or one video")
     _check_writable(out)
     wd = Workdir(workdir or out.with_suffix(".neroic"))
     wd.create()

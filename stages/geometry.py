@@ -353,7 +353,7 @@ def run(ctx: StageContext) -> dict:
         if verdict.status == "dropped":
             notes[stem] = {"dropped": verdict.why}
         else:
-            notes[stem]["mask check"] = verdict.why or verdict.status
+            notes[stem]["mask check"] = verdict.status + (f": {verdict.why}" if verdict.why else "")
     write_photo_notes(out, notes)
     total = time.perf_counter() - started
     metrics = {

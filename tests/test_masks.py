@@ -101,6 +101,10 @@ def test_a_blurred_photo_is_excluded_and_named(real_photos, make_pipeline, caplo
         im.filter(ImageFilter.GaussianBlur(8)).save(real_photos / "03_shaken.jpg", quality=92)
     with Image.open(real_photos / "04.jpg") as im:  # a sharp photo in dim light is not a blurred one
         Image.eval(im.convert("RGB"), lambda v: v // 4).save(real_photos / "04.jpg", quality=92)
+    with Image.open(real_photos / "05.jpg") as im:  # nor is a close-up, softer per pixel than the others
+        w, h = im.size
+        im.crop((w // 6, h // 6, w - w // 6, h - h // 6)).resize((w, h), Image.BICUBIC).save(
+            real_photos / "05_closeup.jpg", quality=92)
     with caplog.at_level(logging.WARNING, logger="neroic"):
         folder, masks = _masks(make_pipeline(real_photos, ["ingest.max_size=320"]))
     assert masks["03_shaken"]["status"] == "blurred"

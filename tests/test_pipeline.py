@@ -47,10 +47,16 @@ def test_run_writes_a_valid_glb_and_a_report(finished):
     assert len(json.loads((work / "material" / "lighting.json").read_text())) >= 10
     report = (work / "report.html").read_text()
     assert "data:image/jpeg;base64" in report
-    # the per-photo table: every photo's row, with its role, mask and learned light
-    assert "<h2>Photos</h2>" in report and report.count("<tr") >= 7 + 18
-    for column in ("camera", "mask", "role", "light", "exposure", "gamma"):
-        assert f"<th>{column}</th>" in report, column
+    # the model first (turntable, viewer, files), its key figures in one line, a card per photo with
+    # its badge and what each stage said of it (role, mask, learned light), the stage table after
+    order = [report.index(mark) for mark in ("class=turntable", "class=figures", "<h2>Photos</h2>", "<h2>Stages</h2>")]
+    assert order == sorted(order)
+    assert 'href="export/viewer.html"' in report and 'href="export/model.glb"' in report
+    assert report.count("<details class='card") == 16
+    assert report.count("<span class='badge held'>held out</span>") == 2 + 1  # and the legend's
+    for column in ("ingest: camera", "masks: mask", "geometry: role", "material: light", "material: exposure",
+                   "material: gamma"):
+        assert f"<dt>{column}</dt>" in report, column
     assert (work / "geometry" / "transient.png").exists() and len(list((work / "material" / "spheres").iterdir())) >= 10
     assert export["atlas"]["photo_albedo_share"] > 0.5  # the texture comes mostly from the photos
     assert "wrote" in stdout

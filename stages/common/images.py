@@ -221,3 +221,28 @@ def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
     bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
     return top * (1 - fy) + bottom * fy
+
+
+def sharpness(rgb: np.ndarray, mask: np.ndarray, scale: float = 1.0) -> float:
+    """Energy of the Laplacian of the photo's grey levels inside the mask (shrunk by a few pixels,
+    so the silhouette's own edge does not count) over the energy of their gradient. Blurring an
+    edge by s pixels lowers the ratio as 1/s^2, while contrast, exposure and how much of the
+    object is flat colour cancel out (the Laplacian over the grey levels' variance scored a
+    close-up of the milk carton, mostly flat red, 13 % of the median; this ratio 41 %).
+    Measured with the photo first resized by `scale` (< 1: `object_scales` brings a close-up to
+    the object's typical size)."""
+    import cv2
+    from scipy.ndimage import binary_erosion
+
+    if scale < 1.0:
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    inner = binary_erosion(mask, iterations=3)
+    if inner.sum() < 64:
+        return 0.0
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gradient = (cv2.Sobel(grey, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(grey, cv2.CV_32F, 0, 1) ** 2)[inner].mean() / 64
+    if gradient < 1e-6:
+        return 0.0
+    return float((cv2.Laplacian(grey, cv2.CV_32F)[inner] ** 2).mean() / gradient)

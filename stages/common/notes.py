@@ -1,10 +1,12 @@
-"""What a stage says about each photo, for the run report's per-photo table.
+"""What a stage says about each photo, for the run report's photo cards.
 
     write_photo_notes(ctx.out, {"img_003": {"mask": "rembg, 23%", "light": {"image": "spheres/img_003.png"}}})
 
 A stage publishes photo_notes.json: {"rows": {stem: {column: text | {"image": path relative to
 the stage folder}}}}. The report joins every stage's rows by stem, columns in stage order, so a
-user sees in one line per photo whether it was kept, and if not, which stage dropped it and why.
+user sees on each photo's card whether it was kept, and if not, which stage dropped it and why.
+Its badges read three columns: "dropped" (any stage: why), and the geometry stage's "role"
+("training" or "held out") and "mask check" (starting "repaired" when the mask was cut).
 """
 from __future__ import annotations
 

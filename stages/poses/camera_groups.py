@@ -11,6 +11,7 @@ length, and a free k1 lets bundle adjustment trade one for the other (on a rende
 """
 from __future__ import annotations
 
+from stages.common.video import VIDEO_CAMERA
 from stages.poses.photos import PhotoInput
 
 FOCAL_TOLERANCE = 0.005  # relative: EXIF focal lengths this close are one zoom setting
@@ -18,8 +19,9 @@ WITHOUT_DISTORTION = {"SIMPLE_RADIAL": "SIMPLE_PINHOLE", "RADIAL": "SIMPLE_PINHO
 
 
 def group_key(photo: PhotoInput) -> tuple | None:
-    """What must agree for two photos to share a camera; None when EXIF cannot tell."""
-    if not photo.camera or not photo.focal_px:
+    """What must agree for two photos to share a camera; None when EXIF cannot tell. The frames of
+    a video (camera "video:NAME", from ingest) share one, with no focal length needed."""
+    if not photo.camera or not (photo.focal_px or photo.camera.startswith(VIDEO_CAMERA)):
         return None
     return photo.camera, photo.width, photo.height
 
@@ -40,7 +42,7 @@ def camera_groups(photos: list[PhotoInput], shared: bool = False) -> list[list[P
             groups.append([photo])
             continue
         for group in open_groups.setdefault(key, []):
-            if abs(group[0].focal_px - photo.focal_px) <= FOCAL_TOLERANCE * group[0].focal_px:
+            if photo.focal_px is None or abs(group[0].focal_px - photo.focal_px) <= FOCAL_TOLERANCE * group[0].focal_px:
                 group.append(photo)
                 break
         else:
