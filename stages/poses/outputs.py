@@ -85,3 +85,14 @@ def write_outputs(out: Path, frames: list[Frame], camera_model: str, points: np.
         reconstruction.write_binary(str(out / "sparse"))
     (out / "normalization.json").write_text(json.dumps(
         {"world_from_sfm": np.asarray(world_from_sfm).tolist(), **normalization}, indent=1) + "\n")
+
+
+def write_attempt(folder: Path, label: str, cameras: dict[str, Frame], record: dict) -> None:
+    """folder/LABEL.json: the cameras of one model SfM built (kept or rejected), in its own SfM
+    frame, as a transforms.json (file paths name the working-size photos), with its record."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{label}.json"
+    write_transforms(path, [replace(frame, file_path=f"../../ingest/{name}") for name, frame in cameras.items()],
+                     "OPENCV")
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({"record": record, **data}, indent=1) + "\n")

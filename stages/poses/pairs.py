@@ -71,17 +71,36 @@ def similarity(descriptors: list) -> np.ndarray:
     return score
 
 
-def similar_pairs(score: np.ndarray, neighbours: int) -> list[tuple[int, int]]:
+def similar_pairs(score: np.ndarray, neighbours: int, share: float = 0.0) -> list[tuple[int, int]]:
     """Pairs (i < j) to match: every pair when each photo may have `neighbours` or more partners
     (or neighbours <= 0), else the union of each photo's `neighbours` most similar photos by
-    `score` [n, n]."""
+    `score` [n, n], the photos at least `share` times as similar to it as its most similar one,
+    and the maximum spanning tree of `score` (so no group of photos is cut off from the rest by
+    the choice alone)."""
     n = len(score)
     if neighbours <= 0 or neighbours >= n - 1:
         return [(i, j) for i in range(n) for j in range(i + 1, n)]
     score = score.astype(float).copy()
     np.fill_diagonal(score, -1)
-    chosen = set()
+    chosen = set(spanning_tree(score))
     for i in range(n):
-        for j in np.argsort(-score[i], kind="stable")[:neighbours]:
+        alike = np.flatnonzero(score[i] >= share * score[i].max()) if share > 0 else []
+        for j in [*np.argsort(-score[i], kind="stable")[:neighbours], *alike]:
             chosen.add((min(i, int(j)), max(i, int(j))))
     return sorted(chosen)
+
+
+def spanning_tree(score: np.ndarray) -> list[tuple[int, int]]:
+    """The pairs (i < j) of a maximum spanning tree of the symmetric `score` [n, n] (Prim)."""
+    n = len(score)
+    inside = np.zeros(n, dtype=bool)
+    inside[0] = True
+    best, link = score[0].astype(float).copy(), np.zeros(n, dtype=int)
+    edges = []
+    for _ in range(n - 1):
+        j = int(np.argmax(np.where(inside, -np.inf, best)))
+        edges.append((min(j, int(link[j])), max(j, int(link[j]))))
+        inside[j] = True
+        better = score[j] > best
+        best[better], link[better] = score[j][better], j
+    return edges

@@ -3,13 +3,15 @@
     result = run_sfm(ingest, photos, threshold, cfg, work, log, progress, device, threads)
 
 `poses.features` chooses the features: "sift", a learned kind ("xfeat", "aliked", "disk") or
-"auto" (see `feature_order`). Each kind's COLMAP files (database, masks, models) live in its own
-folder under `work` (the stage's checkpoint folder), so an interrupted run resumes after the slow
-matching and "auto" can compare kinds. A learned kind that leaves photos out is tried once more
-with MORE_KEYPOINTS times `max_keypoints` (its own folder). After mapping, the largest model is
-checked against the masks and polished by one robust bundle adjustment. When "auto"'s SIFT
-model is large enough but placed cameras wrong (taken out), the learned kind is tried too, and the
-photos the kept model lacks get their cameras from the other models where those agree (merge.py).
+"auto" (see `feature_order`: SIFT first for one known camera's photos, else the learned features
+first, the other kind after them when they fall short).
+Each kind's COLMAP files (database, masks, models) live in its own folder under `work` (the
+stage's checkpoint folder), so an interrupted run resumes after the slow matching and "auto" can
+compare kinds. After mapping, the largest model is polished by one robust
+bundle adjustment and checked against the masks. When the first model is large enough but placed
+cameras wrong (taken out), the next kind is tried too, and the photos the kept model lacks get
+their cameras from the other models where those agree (merge.py). Every model built, kept or
+rejected, is written to `work/attempts/LABEL.json` with its figures (`Attempt.record`).
 """
 from __future__ import annotations
 
@@ -28,20 +30,16 @@ from stages.poses.colmap_calls import colmap_log, interruptible
 from stages.poses.colmap_model import Solution, frame_from_image, solution_of
 from stages.poses.matching import extract_and_match
 from stages.poses.merge import cameras_from
-from stages.poses.normalize import hull_recall_without_each, points_in_silhouettes, silhouette_with_slack
+from stages.poses.outputs import write_attempt
+from stages.poses.normalize import hull_recall_without_each, object_agreement, silhouette_votes, silhouette_with_slack
+from stages.poses.camera_groups import camera_groups, group_key
 from stages.poses.photos import PhotoInput, read_mask
+from stages.poses.sift_tracks import add_sift_tracks
 
 MAPPERS = ("incremental", "global")
 FEATURES = ("auto", "sift", *learned.KINDS)
 AUTO_LEARNED = "xfeat"  # the learned kind "auto" uses: the fastest on a CPU
-AUTO_ENOUGH = 0.9  # "auto" stops after SIFT when it registered this fraction (and placed none wrong)
-# A learned kind that registered fewer is tried again with this many times the keypoints: with
-# 1024 XFeat keypoints the Middlebury dino (16 photos 22.5 degrees apart, little texture) gave a
-# false model of 15 photos, 57 degrees off, and spot-wild with rembg masks a false one of 35; with
-# 2048 all 16 dino photos were posed (0.78 degrees median) and 35 of spot-wild's (1.2 degrees).
-# Not the default: spot-wild with its true masks gave 0.87 degrees (median) with 1024, but with
-# 2048 a model 3.6 degrees off whose robust adjustment diverged (rejected).
-MORE_KEYPOINTS = 2
+AUTO_ENOUGH = 0.9  # "auto" stops after the first kind that registered this fraction (and placed none wrong)
 MATCHED_MARK = "matched.ok"  # written once features and matches are complete in the database
 SEED = 0  # fixed RANSAC and mapper seeds: the same photos give the same cameras
 STRAY_DISTANCE = 10.0  # a camera this many times farther from the others than usual is a failure
@@ -50,7 +48,12 @@ MIN_FOCAL_RATIO, MAX_FOCAL_RATIO, MAX_DISTORTION = 0.1, 10.0, 1.0  # COLMAP's sa
 # matches: spot-wild with rembg masks gave a model of 35 photos, 24 degrees off in the median,
 # whose error went from 1.1 px to 2.8 px (or diverged); right models went down, 1.22 -> 1.18 px.
 REFINE_GROWTH = 1.5
-MODEL_MIN_AGREEMENT = 0.9  # a model whose cameras see its points inside their masks less (median) is false
+DIVERGED_PX = 1e4  # a mean reprojection error beyond this after the adjustment: it diverged
+# A model whose cameras see less of its object's points (`object_agreement`) inside their masks
+# (median photo) is false. Counting every point instead rejected a right model of a fox head on
+# patterned wallpaper (75-79 % inside); on the registration bench both measures gave the same
+# verdicts on 13 models (wrong skull01 thirds: 0.88 / 0.89; right models 0.97-1.00).
+MODEL_MIN_AGREEMENT = 0.9
 # A model in which the other photos' visual hull covers less of the median photo's mask is false:
 # spot-wild from its photos with XFeat's 1024 keypoints gave a model of all 36, 6.7 deg off in the
 # median, that passed every other check (0.85); right models of six captures 0.97-1.00.
@@ -67,6 +70,15 @@ ELSEWHERE_RATIO = 4.0
 # at 0.66 with 2.5 (a mask with the turntable in it) and 0.90 with 0.16 (kermit006); no right
 # camera of skull01 (64 photos), the dino or spot-wild fell below 0.95 of the median.
 MISPLACED_RECALL, MISPLACED_POINTS = 0.75, 0.3
+# A camera is also placed wrong when under CAMERA_MIN_AGREEMENT of the object's points in its view fall
+# inside its mask while the others' hull covers under FLIPPED_RECALL of the median share of its
+# mask. The rendered print capture (one print on all sides): four cameras turned 96-177 deg the
+# wrong way saw 49-72 % of their points inside their masks, with recall 0.71-0.84 (typical 1.0);
+# right cameras 97-99 %. A mask that misses half the object (skull01 and kermit, every fourth
+# mask cut) drops the points to 31-67 % but keeps recall at 1.0. (The fraction of the hull's
+# outline inside the mask, 0.17 for a fifth turned camera, fell as low, 0.14, for a cut mask.)
+# A clip of the rendered cow (20 frames) gave a camera 84 deg off with 20 % and recall 0.90.
+CAMERA_MIN_AGREEMENT, FLIPPED_RECALL = 0.8, 0.95
 HULL_BOX = 1.5  # the hull is carved in a cube of this many times the points' 95th-percentile reach
 
 
@@ -79,6 +91,7 @@ class SfmResult:
     pair_inliers: dict[tuple[str, str], int] = field(default_factory=dict)  # verified matches per pair (names)
     attempts: list[str] = field(default_factory=list)  # "xfeat: 30/36 registered", ...
     dropped: dict[str, str] = field(default_factory=dict)  # image name -> why its camera was taken out
+    records: list[dict] = field(default_factory=list)  # each attempt's Attempt.record(), "chosen" marked
 
 
 def check_config(cfg: dict) -> None:
@@ -94,30 +107,24 @@ def check_config(cfg: dict) -> None:
         raise NeroicError(f"poses.features {cfg['features']!r} is unknown", hint=f"use one of {', '.join(FEATURES)}")
 
 
-def feature_order(choice: str, log: logging.Logger) -> list[str]:
-    """The kinds of features to try, in order: the chosen one, or for "auto" SIFT, then the
-    learned features when their packages are installed. SIFT first: where it works it is the
-    more precise (a textured rendered capture: 0.85 px mean reprojection error with XFeat, under
-    0.5 with SIFT) and the faster; the learned features are for what it cannot match."""
+def feature_order(choice: str, photos: list[PhotoInput], shared: bool, log: logging.Logger) -> list[str]:
+    """The kinds of features to try, in order: the chosen one, or for "auto" SIFT then the learned
+    features (when their packages are installed) for photos of one known camera (its EXIF, or one
+    video: one person's capture, where SIFT is the more precise, 0.19 deg against XFeat's 0.43 on
+    ethiopian_head, and the faster), and the learned features first for any other set (several
+    cameras, no EXIF: an online collection, where SIFT fails or builds false models on repeated
+    print: milk's SIFT model of 42 photos was 23 deg off, XFeat's right to 0.2 deg)."""
     if choice != "auto":
         return [choice]
     missing = learned.missing_packages(AUTO_LEARNED)
     if missing:
         log.info("learned features unavailable (%s): SIFT only", missing)
         return ["sift"]
-    return ["sift", AUTO_LEARNED]
-
-
-def feature_plans(cfg: dict, log: logging.Logger) -> list[tuple[str, int | None]]:
-    """The attempts in order, as (kind, keypoints instead of `max_keypoints` or None): each kind
-    of `feature_order`, a learned one followed by its retry with MORE_KEYPOINTS times the keypoints
-    (run_sfm stops at the first attempt that registers enough photos)."""
-    plans: list[tuple[str, int | None]] = []
-    for kind in feature_order(cfg["features"], log):
-        plans.append((kind, None))
-        if kind in learned.KINDS:
-            plans.append((kind, MORE_KEYPOINTS * int(cfg["max_keypoints"])))
-    return plans
+    groups = camera_groups(photos, shared)
+    if len(groups) == 1 and group_key(photos[0]) is not None:
+        log.info("one camera (%s): SIFT first", photos[0].camera)
+        return ["sift", AUTO_LEARNED]
+    return [AUTO_LEARNED, "sift"]
 
 
 def mapper_options(cfg: dict, threads: int = 0) -> "pycolmap.IncrementalPipelineOptions":
@@ -251,12 +258,15 @@ class Attempt:
     model: "pycolmap.Reconstruction | None"
     pair_inliers: dict[tuple[str, str], int]  # verified matches per pair (image names)
     rejected: str = ""  # why the mapper's model was rejected, "" if it was not
-    keypoints: int | None = None  # a learned kind's keypoints when not `max_keypoints` (a retry)
     dropped: dict[str, str] = field(default_factory=dict)  # image name -> why its camera was taken out
     misplaced: list[str] = field(default_factory=list)  # the image names among those placed wrong
+    figures: dict = field(default_factory=dict)  # what the checks measured, for the record
+    built: dict[str, Frame] = field(default_factory=dict)  # image name -> camera, as the model was checked
+    folder: Path | None = None  # its COLMAP files (database, models)
 
     def reject(self, why: str, log: logging.Logger) -> None:
-        """Throw the model away, saying why (it becomes part of the attempt's summary)."""
+        """Throw the model away, saying why (it becomes part of the attempt's summary); its cameras
+        stay in `built`, for the record."""
         self.rejected = f"its model of {self.registered} photos was rejected: {why}"
         log.warning("%s: %s", self.kind, self.rejected)
         self.model = None
@@ -266,8 +276,13 @@ class Attempt:
         return self.model.num_reg_images() if self.model is not None else 0
 
     def summary(self, total: int) -> str:
-        name = self.kind + (f" with {self.keypoints} keypoints" if self.keypoints else "")
-        return f"{name}: {self.registered}/{total} registered" + (f" ({self.rejected})" if self.rejected else "")
+        return f"{self.kind}: {self.registered}/{total} registered" + (f" ({self.rejected})" if self.rejected else "")
+
+    def record(self) -> dict:
+        """The attempt for normalization.json and the report: what it built, its checks' figures,
+        and whether (why) it was rejected."""
+        return {"attempt": self.kind, "built": len(self.built), "rejected": self.rejected,
+                "dropped": sorted(Path(name).stem for name in self.dropped), **self.figures}
 
 
 def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int, log: logging.Logger) -> None:
@@ -284,18 +299,24 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
     images = [model.image(i) for i in model.reg_image_ids()]
     frames = [frame_from_image(im, model.camera(im.camera_id), im.name) for im in images]
     silhouettes = [silhouette_with_slack(read_mask(by_name[im.name], threshold)) for im in images]
-    agreement = points_in_silhouettes(xyz, frames, silhouettes)
-    if np.median(agreement) < MODEL_MIN_AGREEMENT:
-        found.reject(f"its points fall outside the masks ({100 * np.median(agreement):.0f} % inside in the "
-                     "median photo), false matches", log)
-        return
+    inside, seen = silhouette_votes(xyz, frames, silhouettes)
+    agreement = object_agreement(inside, seen)
     recall = hull_recall(frames, silhouettes, xyz)
+    found.figures.update(points_inside_masks=round(float(np.median(inside.mean(1))), 3),
+                         points_in_view=round(float(np.median(seen.mean(1))), 3),
+                         object_points=round(float(np.mean(inside.sum(0) >= 0.5 * np.maximum(seen.sum(0), 1))), 3),
+                         object_points_inside_masks=round(float(np.median(agreement)), 3),
+                         hull_covers_mask=round(float(np.median(recall)), 3))
+    if np.median(agreement) < MODEL_MIN_AGREEMENT:
+        found.reject(f"the points of its object fall outside the masks ({100 * np.median(agreement):.0f} % inside "
+                     "in the median photo), false matches", log)
+        return
     if np.median(recall) < MODEL_MIN_HULL_RECALL:
         found.reject(f"the other photos' visual hull covers {100 * np.median(recall):.0f} % of the median photo's "
                      "mask, so its cameras disagree (false matches)", log)
         return
     observed = np.array([im.num_points3D for im in images], dtype=float)
-    why = misplaced([im.name for im in images], recall, observed)
+    why = misplaced([im.name for im in images], recall, agreement, observed)
     found.dropped.update(why)
     found.misplaced = sorted(why)
     drop_cameras(model, why, log)
@@ -318,27 +339,32 @@ def hull_recall(frames: list, silhouettes: list[np.ndarray], xyz: np.ndarray) ->
     return hull_recall_without_each(frames, silhouettes, centre - reach, centre + reach)
 
 
-def misplaced(names: list[str], recall: np.ndarray, observed: np.ndarray) -> dict[str, str]:
-    """Image name -> why, for cameras whose mask the other photos' visual hull covers less than
-    MISPLACED_RECALL of the median photo's share while they see fewer than MISPLACED_POINTS of
-    the median photo's 3-D points. Either alone also marks right cameras (a mask that takes in
-    the turntable, a photo of a plain side); together they marked the wrong cameras of three
-    captures and none of the right ones of five (see the constants)."""
+def misplaced(names: list[str], recall: np.ndarray, agreement: np.ndarray, observed: np.ndarray) -> dict[str, str]:
+    """Image name -> why, for cameras placed wrong: whose mask the others' visual hull covers less
+    than MISPLACED_RECALL of the median photo's share while they see fewer than MISPLACED_POINTS of
+    the median photo's 3-D points (either alone also marks right cameras: a mask that takes in the
+    turntable, a photo of a plain side; together they marked the wrong cameras of three captures
+    and none of the right ones of five); or that see few of the points in their view inside their
+    mask (`agreement`) while the others' hull is beside it (CAMERA_MIN_AGREEMENT, FLIPPED_RECALL:
+    a mask that misses part of the object lowers the first only, a turned camera both)."""
     typical_recall, typical_points = np.median(recall), np.median(observed)
-    return {name: (f"its camera disagrees with the others: their visual hull covers {100 * r:.0f} % of its mask "
-                   f"(typical {100 * typical_recall:.0f} %) and it sees {int(n)} of the model's points "
-                   f"(typical {int(typical_points)}): a camera placed wrong")
-            for name, r, n in zip(names, recall, observed)
-            if r < MISPLACED_RECALL * typical_recall and n < MISPLACED_POINTS * typical_points}
+    why = {}
+    for name, r, a, n in zip(names, recall, agreement, observed):
+        if r < MISPLACED_RECALL * typical_recall and n < MISPLACED_POINTS * typical_points:
+            why[name] = (f"its camera disagrees with the others: their visual hull covers {100 * r:.0f} % of its mask "
+                         f"(typical {100 * typical_recall:.0f} %) and it sees {int(n)} of the model's points "
+                         f"(typical {int(typical_points)}): a camera placed wrong")
+        elif a < CAMERA_MIN_AGREEMENT and r < FLIPPED_RECALL * typical_recall:
+            why[name] = (f"its camera disagrees with the others: {100 * a:.0f} % of the model's points in its view "
+                         f"fall inside its mask, and their visual hull covers {100 * r:.0f} % of it (typical "
+                         f"{100 * typical_recall:.0f} %): a camera placed wrong (false matches)")
+    return why
 
 
 def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
-            log: logging.Logger, progress, device: str, threads: int, keypoints: int | None = None) -> Attempt:
-    """Features, matches, the mapper and the masks' check with one kind of features (a learned
-    kind with `keypoints` instead of `max_keypoints` when given)."""
-    folder = work / (kind if keypoints is None else f"{kind}-{keypoints}")
-    if keypoints is not None:
-        cfg = {**cfg, "max_keypoints": keypoints}
+            log: logging.Logger, progress, device: str, threads: int) -> Attempt:
+    """Features, matches, the mapper and the masks' check with one kind of features."""
+    folder = work / kind
     folder.mkdir(parents=True, exist_ok=True)
     with colmap_log(folder / "log", log):
         if (folder / MATCHED_MARK).exists() and (folder / "database.db").exists():
@@ -349,8 +375,9 @@ def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, c
             (folder / MATCHED_MARK).write_text("features and matches complete\n")
         with progress(total=len(photos), desc=f"registering photos ({kind})", unit="photo") as bar:
             model = map_photos(ingest, cfg, folder, log, bar, threads)
-    found = Attempt(kind, model, database.pair_inliers(folder / "database.db"), keypoints=keypoints)
+    found = Attempt(kind, model, database.pair_inliers(folder / "database.db"), folder=folder)
     if model is not None:
+        found.figures["mapped"] = model.num_reg_images()
         found.dropped = stray_cameras(model)
         posed = {model.image(i).name for i in model.reg_image_ids()} - set(found.dropped)
         found.dropped.update(tied_elsewhere(posed, found.pair_inliers))
@@ -358,19 +385,30 @@ def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, c
         before = model.compute_mean_reprojection_error()
         refine(model)
         after = model.compute_mean_reprojection_error()
-        if after > REFINE_GROWTH * before and after > 1.0:
+        found.built = cameras_of(model)
+        found.figures.update(reprojection_px=round(float(before), 3), reprojection_adjusted_px=round(float(after), 3))
+        if not after < DIVERGED_PX:
+            found.reject(f"its robust adjustment diverged (mean reprojection error {before:.2f} px before it), so "
+                         "its matches disagree among themselves (false matches)", log)
+        else:
+            check_against_masks(found, photos, threshold, log)
+        if found.model is not None and after > REFINE_GROWTH * before and after > 1.0:
             found.reject(f"a robust adjustment raised its mean reprojection error from {before:.2f} to {after:.2f} px, "
                          "so its matches disagree among themselves (false matches)", log)
-    if found.model is not None:
-        check_against_masks(found, photos, threshold, log)
     return found
+
+
+def cameras_of(model) -> dict[str, Frame]:
+    """Image name -> camera, for every photo the model registered."""
+    images = [model.image(i) for i in model.reg_image_ids()]
+    return {im.name: frame_from_image(im, model.camera(im.camera_id), Path(im.name).stem) for im in images}
 
 
 def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
             log: logging.Logger, progress, device: str = "cpu", threads: int = 0) -> SfmResult:
     """Cameras and points in COLMAP's (arbitrary) SfM frame, from the first kind of features that
-    registers AUTO_ENOUGH of the photos (a learned kind tried again with more keypoints before the
-    next kind; a first kind that placed cameras wrong is followed by the next all the same), else
+    registers AUTO_ENOUGH of the photos (a first kind that placed cameras wrong is followed by the
+    next all the same), else
     from the attempt that registered the most (when none did, the matches reported are those of
     the kind that verified the most pairs); the photos it lacks get the cameras the other attempts
     found for them (fill_in)."""
@@ -379,19 +417,30 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
         raise NeroicError("poses.shared_camera needs photos of one size, but these differ",
                           hint="use --set poses.shared_camera=false (cameras grouped by EXIF)")
     tried: list[Attempt] = []
-    for kind, keypoints in feature_plans(cfg, log):
-        tried.append(attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device, threads, keypoints))
+    shutil.rmtree(work / "attempts", ignore_errors=True)  # a resumed run writes its own
+    for kind in feature_order(cfg["features"], photos, bool(cfg["shared_camera"]), log):
+        tried.append(attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device, threads))
         log.info("%s", tried[-1].summary(len(photos)))
+        if tried[-1].built:
+            write_attempt(work / "attempts", tried[-1].kind, tried[-1].built, tried[-1].record())
         if tried[-1].registered >= AUTO_ENOUGH * len(photos) and not (tried[-1].misplaced and len(tried) == 1):
             break
     enough = [a for a in tried if a.registered >= AUTO_ENOUGH * len(photos)]
-    best = enough[0] if enough else max(tried, key=lambda a: a.registered)  # the first (SIFT) on a tie
+    best = enough[0] if enough else max(tried, key=lambda a: a.registered)  # the first on a tie
     if best.registered == 0:  # report the matches of the kind that verified the most pairs
         best = max(tried, key=lambda a: len(a.pair_inliers))
     result = SfmResult(solution=None, features=best.kind, pair_inliers=best.pair_inliers,
-                       attempts=[a.summary(len(photos)) for a in tried], dropped=best.dropped)
+                       attempts=[a.summary(len(photos)) for a in tried], dropped=best.dropped,
+                       records=[{**a.record(), "chosen": a is best and a.model is not None} for a in tried])
     if best.registered == 0:
         return result
+    if best.kind in learned.KINDS and cfg["sift_tracks"]:
+        sift = next((a.folder / "database.db" for a in tried if a.kind == "sift"), None)
+        with colmap_log(work / "sift-tracks" / "log", log):
+            best.model, note = add_sift_tracks(best.model, set(best.pair_inliers), best.folder, work, ingest, photos,
+                                               threshold, cfg, log, threads, refine, sift)
+        log.info("%s", note)
+        result.attempts.append(note)
     frames = frames_of(best.model, photos)
     for other in tried:
         if other is not best and other.model is not None:
@@ -432,11 +481,13 @@ def fill_in(frames: dict[str, Frame], model, other_model, photos: list[PhotoInpu
     by_stem = {p.stem: p for p in photos}
     stems = [*frames, *added]
     silhouettes = [silhouette_with_slack(read_mask(by_stem[s], threshold)) for s in stems]
-    recall = hull_recall([*frames.values(), *added.values()], silhouettes, xyz)
+    cameras = [*frames.values(), *added.values()]
+    recall = hull_recall(cameras, silhouettes, xyz)
+    inside, in_image = silhouette_votes(xyz, cameras, silhouettes)
     seen, theirs = seen_points(model, photos), seen_points(other_model, photos)
     to_ours = np.median(list(seen.values())) / max(np.median(list(theirs.values())), 1.0)  # the models' scales
     seen.update({stem: theirs[stem] * to_ours for stem in added})
-    wrong = misplaced(stems, recall, np.array([seen[s] for s in stems]))
+    wrong = misplaced(stems, recall, object_agreement(inside, in_image), np.array([seen[s] for s in stems]))
     for stem in added:
         log.info("%s the camera of %s from the other model%s", "did not merge" if stem in wrong else "merged", stem,
                  f": {wrong[stem]}" if stem in wrong else "")

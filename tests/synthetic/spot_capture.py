@@ -197,8 +197,11 @@ class SpotRenderer:
         glossiness: float = 20.0,
         shadows: bool = False,
         supersample: int = 2,
+        albedo_at=None,
     ) -> dict[str, np.ndarray]:
         """One view of size x size pixels (principal point at the centre, pixel centres at +0.5).
+        `albedo_at(points [N, 3], normals [N, 3]) -> [N, 3]` (linear) paints the surface instead of
+        the texture.
 
         Each pixel averages supersample^2 rays. With shadows, a hit facing the light's dominant
         direction whose ray towards it is blocked gets only the ambient irradiance and no specular
@@ -227,7 +230,10 @@ class SpotRenderer:
 
         normal = np.einsum("nk,nkc->nc", weights, m.normals[corners])
         normal /= np.linalg.norm(normal, axis=1, keepdims=True)
-        albedo = sample_texture(m.texture, np.einsum("nk,nkc->nc", weights, m.uvs[corners])).astype(np.float64)
+        if albedo_at is None:
+            albedo = sample_texture(m.texture, np.einsum("nk,nkc->nc", weights, m.uvs[corners])).astype(np.float64)
+        else:
+            albedo = np.asarray(albedo_at(c2w[:3, 3] + t[hit, None] * d_world[hit], normal), dtype=np.float64)
         view = d_world[hit] / np.linalg.norm(d_world[hit], axis=1, keepdims=True)  # camera -> surface
 
         light_t = torch.from_numpy(np.asarray(light, dtype=np.float64))
