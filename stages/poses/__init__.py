@@ -20,7 +20,8 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          camera without distortion (a set with no EXIF at all and one image size: one camera; a
          video's frames: one camera).
          Incremental (or global) mapping with distortion held at zero, the largest model kept;
-         a model whose points fall outside its photos' masks, or whose median photo's mask the
+         a model whose object's points (those inside most masks they land in: a static
+         background's points say nothing) fall outside its photos' masks, or whose median photo's mask the
          others' visual hull leaves uncovered, or whose robust adjustment diverges, is rejected
          as false matches, and a camera whose photo matches a photo left out far better than any
          posed one is taken out (another object hung on chance matches), as is one at odds with

@@ -192,11 +192,11 @@ def points_in_silhouettes(points: np.ndarray, frames: list[Frame], silhouettes: 
 
 
 def hull_recall_without_each(frames: list[Frame], silhouettes: list[np.ndarray], lo: np.ndarray,
-                             hi: np.ndarray) -> np.ndarray:
+                             hi: np.ndarray, spare_share: float = SPARE_MISS_SHARE) -> np.ndarray:
     """[F] for each frame, the fraction of its silhouette that the visual hull of the other frames
     covers when projected into it (the hull carved on a CARVE_RESOLUTION^3 grid over the box
     lo..hi, one silhouette's miss forgiven when there are SPARE_MISS_FRAMES or more, or
-    SPARE_MISS_SHARE of those that see a cell, so that bad masks or one camera do not carve the
+    `spare_share` of those that see a cell, so that bad masks or one camera do not carve the
     others' hulls). A mask that misses a part of the object still scores high (the others' hull is
     larger); a camera placed wrong sees the others' hull beside its mask."""
     cells, voxel = _cell_centres(lo, hi)
@@ -211,7 +211,7 @@ def hull_recall_without_each(frames: list[Frame], silhouettes: list[np.ndarray],
     recall = np.zeros(len(frames))
     for k, (frame, silhouette) in enumerate(zip(frames, silhouettes)):
         others = seen_by - seen[k]
-        spare = np.maximum(least, np.floor(SPARE_MISS_SHARE * others))
+        spare = np.maximum(least, np.floor(spare_share * others))
         hull = cells[(carved_by - carved[k] <= spare) & (others >= max(1, len(frames) // 2))]
         inside, px = _pixels(hull, frame)
         if not inside.any():
