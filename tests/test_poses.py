@@ -248,6 +248,17 @@ def test_fewer_than_three_registered_is_an_error(tmp_path):
     assert "shared_camera=true" in info.value.hint and "mask_dilation" in info.value.hint
 
 
+def test_a_model_of_too_few_of_the_photos_is_an_error(tmp_path):
+    """Kermit's 11 photos posed, a noise photo not: below the share of the photos asked for, one
+    clear error that says how to go on with the model anyway."""
+    rng = np.random.default_rng(0)
+    noise = ("zz_noise", rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), np.full((480, 640), 255, np.uint8))
+    write_inputs(tmp_path, kermit_photos([noise]))
+    with pytest.raises(NeroicError, match=r"registered only 11 of 12 photos \(at least 12 needed") as info:
+        run_poses(tmp_path, config={"features": "sift", "min_registered_share": 1.0})
+    assert "min_registered_share=0" in info.value.hint
+
+
 def test_too_few_usable_masks_is_an_error(tmp_path):
     blank = [(f"p{i}", np.zeros((32, 32, 3), np.uint8), np.full((32, 32), 255, np.uint8)) for i in range(4)]
     write_inputs(tmp_path, blank, status={"p0": "empty", "p1": "full"})
@@ -832,7 +843,7 @@ def test_others_hull_covers_a_partial_mask_but_not_a_misplaced_camera():
     turned = np.eye(4)
     turned[:3, :3] = trimesh.transformations.rotation_matrix(np.radians(12.0), [0, 1, 0])[:3, :3]
     frames[5] = replace(frames[5], c2w=frames[5].c2w @ turned)  # looks 12 degrees beside the object
-    recall = hull_recall_without_each(frames, silhouettes, center - 1.5 * radius, center + 1.5 * radius)
+    recall = hull_recall_without_each(frames, silhouettes, center - 1.5 * radius, center + 1.5 * radius)[0]
     typical = np.median(recall)
     assert recall[2] > 0.95 and np.delete(recall, 5).min() > MISPLACED_RECALL * typical
     assert recall[5] < 0.6 * typical
@@ -875,11 +886,11 @@ def test_a_warped_model_leaves_the_median_mask_uncovered():
     frames = [Frame(stem, c2w, FOCAL / 2, FOCAL / 2, 60.0, 45.0, 120, 90) for stem, c2w, _ in views]
     silhouettes = [silhouette_with_slack(mask >= 128) for _, _, mask in views]
     box = (center - 1.5 * radius, center + 1.5 * radius)
-    assert np.median(hull_recall_without_each(frames, silhouettes, *box)) > 0.97
+    assert np.median(hull_recall_without_each(frames, silhouettes, *box)[0]) > 0.97
     rng = np.random.default_rng(4)
     warped = []
     for frame in frames:
         turn = np.eye(4)
         turn[:3, :3] = trimesh.transformations.rotation_matrix(np.radians(7.0), rng.normal(size=3))[:3, :3]
         warped.append(replace(frame, c2w=frame.c2w @ turn))
-    assert np.median(hull_recall_without_each(warped, silhouettes, *box)) < MODEL_MIN_HULL_RECALL
+    assert np.median(hull_recall_without_each(warped, silhouettes, *box)[0]) < MODEL_MIN_HULL_RECALL

@@ -62,17 +62,19 @@ Outputs  poses/transforms.json     OpenGL camera-to-world per frame in the world
 Config   [poses] camera_model, shared_camera, features, exhaustive_max, sequential_overlap,
          mapper, init_min_tri_angle, register_min_inliers, max_features, feature_size,
          max_keypoints, edge_margin, match_neighbours, upright, sift_tracks, mask_dilation,
-         min_registered (defaults and docs: workdir_template/config.toml).
+         min_registered, min_registered_share (defaults and docs: workdir_template/config.toml).
 Cache    reruns when ingest or masks outputs, the [poses] section or the --poses file change.
          COLMAP's databases live in the stage's checkpoint folder (one per kind of features): after
          an interruption, a rerun skips feature extraction and matching. Fixed seeds: the same
          inputs give the same cameras (on one machine: LightGlue runs in floating point).
-Failures fewer than `min_registered` photos registered (or matched to given poses), unreadable or
+Failures fewer than `min_registered` photos registered (or matched to given poses), or fewer than
+         `min_registered_share` of the usable photos (a model of a few photos of the set), unreadable or
          unsafe --poses files (paths outside their folder), cameras that disagree with the masks:
          NeroicError with what to try. Ctrl-C stops COLMAP at once.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -125,9 +127,11 @@ def _solve(ctx: StageContext, cfg: dict, photos: list[PhotoInput], threshold: in
     result = run_sfm(ctx.input("ingest"), usable, threshold, cfg, ctx.checkpoints / "colmap", ctx.log, ctx.progress,
                      ctx.device, ctx.threads)
     registered = len(result.solution.frames) if result.solution else 0
-    if registered < min_registered:
-        raise too_few_registered(usable, registered, min_registered, result.attempts, result.pair_inliers,
-                                 learned.missing_packages(AUTO_LEARNED) if cfg["features"] in ("auto", "sift") else None)
+    needed = max(min_registered, math.ceil(float(cfg["min_registered_share"]) * len(usable)))
+    if registered < needed:
+        raise too_few_registered(usable, registered, needed, result.attempts, result.pair_inliers,
+                                 learned.missing_packages(AUTO_LEARNED) if cfg["features"] in ("auto", "sift") else None,
+                                 min_registered)
     reasons = unposed_reasons(usable, result.pair_inliers, set(result.solution.frames))
     reasons.update({p.stem: "taken out: " + result.dropped[p.image_rel] for p in usable if p.image_rel in result.dropped})
     if reasons:

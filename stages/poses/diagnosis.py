@@ -38,8 +38,10 @@ def unposed_reasons(photos: list[PhotoInput], pair_inliers: dict[tuple[str, str]
 
 
 def too_few_registered(photos: list[PhotoInput], registered: int, needed: int, attempts: list[str],
-                       pair_inliers: dict[tuple[str, str], int], learned_missing: str | None) -> NeroicError:
-    """The error for a capture SfM could not pose: what happened and what to try."""
+                       pair_inliers: dict[tuple[str, str], int], learned_missing: str | None,
+                       least: int) -> NeroicError:
+    """The error for a capture SfM could not pose: what happened and what to try. `needed` is
+    above `least` (min_registered) when the photos' share (min_registered_share) asks for more."""
     lonely = sum(not matched_partners(p, pair_inliers) for p in photos)
     partners = sorted(len(matched_partners(p, pair_inliers)) for p in photos)
     message = (f"structure from motion registered only {registered} of {len(photos)} photos (at least {needed} "
@@ -53,4 +55,7 @@ def too_few_registered(photos: list[PhotoInput], registered: int, needed: int, a
     hints.append("check the masks (masks/contact_sheet.png), widen them (--set poses.mask_dilation=16) or give "
                  "your own (--masks DIR)")
     hints.append("if one camera took them all: --set poses.shared_camera=true")
+    if registered >= least:
+        hints.append(f"to build the model from the {registered} posed photos anyway (it sees the object from "
+                     "few sides): --set poses.min_registered_share=0")
     return NeroicError(message, hint="; ".join(hints))

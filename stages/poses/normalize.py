@@ -191,14 +191,14 @@ def points_in_silhouettes(points: np.ndarray, frames: list[Frame], silhouettes: 
     return inside.sum(1) / max(1, len(points))
 
 
-def hull_recall_without_each(frames: list[Frame], silhouettes: list[np.ndarray], lo: np.ndarray,
-                             hi: np.ndarray, spare_share: float = SPARE_MISS_SHARE) -> np.ndarray:
-    """[F] for each frame, the fraction of its silhouette that the visual hull of the other frames
-    covers when projected into it (the hull carved on a CARVE_RESOLUTION^3 grid over the box
-    lo..hi, one silhouette's miss forgiven when there are SPARE_MISS_FRAMES or more, or
-    `spare_share` of those that see a cell, so that bad masks or one camera do not carve the
-    others' hulls). A mask that misses a part of the object still scores high (the others' hull is
-    larger); a camera placed wrong sees the others' hull beside its mask."""
+def hull_recall_without_each(frames: list[Frame], silhouettes: list[np.ndarray], lo: np.ndarray, hi: np.ndarray,
+                             spare_shares: tuple[float, ...] = (SPARE_MISS_SHARE,)) -> np.ndarray:
+    """[S, F] for each share in `spare_shares` and each frame, the fraction of its silhouette that
+    the visual hull of the other frames covers when projected into it (the hull carved once on a
+    CARVE_RESOLUTION^3 grid over the box lo..hi, one silhouette's miss forgiven when there are
+    SPARE_MISS_FRAMES or more, or that share of those that see a cell, so that bad masks or one
+    camera do not carve the others' hulls). A mask that misses a part of the object still scores
+    high (the others' hull is larger); a camera placed wrong sees the others' hull beside its mask."""
     cells, voxel = _cell_centres(lo, hi)
     seen = np.zeros((len(frames), len(cells)), dtype=bool)
     carved = np.zeros_like(seen)
@@ -208,19 +208,20 @@ def hull_recall_without_each(frames: list[Frame], silhouettes: list[np.ndarray],
         carved[k, np.flatnonzero(inside)] = ~silhouette[px[:, 1], px[:, 0]]
     seen_by, carved_by = seen.sum(0), carved.sum(0)
     least = 1 if len(frames) >= SPARE_MISS_FRAMES else 0
-    recall = np.zeros(len(frames))
+    recall = np.zeros((len(spare_shares), len(frames)))
     for k, (frame, silhouette) in enumerate(zip(frames, silhouettes)):
         others = seen_by - seen[k]
-        spare = np.maximum(least, np.floor(spare_share * others))
-        hull = cells[(carved_by - carved[k] <= spare) & (others >= max(1, len(frames) // 2))]
-        inside, px = _pixels(hull, frame)
-        if not inside.any():
-            continue
-        depth = np.linalg.norm(hull[inside] - frame.centre, axis=1)
-        drawn = np.zeros_like(silhouette)
-        drawn[px[:, 1], px[:, 0]] = True
-        drawn = _dilate(drawn, int(np.ceil(0.5 * frame.fl_x * voxel / depth.min())))
-        recall[k] = (drawn & silhouette).sum() / max(1, silhouette.sum())
+        for j, share in enumerate(spare_shares):
+            spare = np.maximum(least, np.floor(share * others))
+            hull = cells[(carved_by - carved[k] <= spare) & (others >= max(1, len(frames) // 2))]
+            inside, px = _pixels(hull, frame)
+            if not inside.any():
+                continue
+            depth = np.linalg.norm(hull[inside] - frame.centre, axis=1)
+            drawn = np.zeros_like(silhouette)
+            drawn[px[:, 1], px[:, 0]] = True
+            drawn = _dilate(drawn, int(np.ceil(0.5 * frame.fl_x * voxel / depth.min())))
+            recall[j, k] = (drawn & silhouette).sum() / max(1, silhouette.sum())
     return recall
 
 

@@ -305,7 +305,7 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
     silhouettes = [silhouette_with_slack(read_mask(by_name[im.name], threshold)) for im in images]
     inside, seen = silhouette_votes(xyz, frames, silhouettes)
     agreement = object_agreement(inside, seen)
-    recall = hull_recall(frames, silhouettes, xyz)
+    recall, strict_recall = hull_recall(frames, silhouettes, xyz)
     found.figures.update(points_inside_masks=round(float(np.median(inside.mean(1))), 3),
                          points_in_view=round(float(np.median(seen.mean(1))), 3),
                          object_points=round(float(np.mean(inside.sum(0) >= 0.5 * np.maximum(seen.sum(0), 1))), 3),
@@ -320,8 +320,7 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
                      "mask, so its cameras disagree (false matches)", log)
         return
     observed = np.array([im.num_points3D for im in images], dtype=float)
-    why = misplaced([im.name for im in images], recall, hull_recall(frames, silhouettes, xyz, 0.0), agreement,
-                    observed)
+    why = misplaced([im.name for im in images], recall, strict_recall, agreement, observed)
     found.dropped.update(why)
     found.misplaced = sorted(why)
     drop_cameras(model, why, log)
@@ -336,14 +335,16 @@ def object_points_of(model) -> np.ndarray:
     return np.array([p.xyz for p in points])[tracks >= 3 if (tracks >= 3).sum() >= 20 else slice(None)]
 
 
-def hull_recall(frames: list, silhouettes: list[np.ndarray], xyz: np.ndarray,
-                spare_share: float = SPARE_MISS_SHARE) -> np.ndarray:
-    """[F] the share of each frame's silhouette the others' visual hull covers, carved in a cube
-    of HULL_BOX times the sparse points' [N, 3] 95th-percentile reach around their median
-    (`hull_recall_without_each`: a cell outside `spare_share` of the silhouettes is kept)."""
+def hull_recall(frames: list, silhouettes: list[np.ndarray], xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([F], [F]) the share of each frame's silhouette the others' visual hull covers, the hull
+    tolerant (a cell outside SPARE_MISS_SHARE of the silhouettes kept: rough masks) and strict (one
+    miss forgiven), carved in a cube of HULL_BOX times the sparse points' [N, 3] 95th-percentile
+    reach around their median (`hull_recall_without_each`)."""
     centre = np.median(xyz, axis=0)
     reach = HULL_BOX * np.percentile(np.linalg.norm(xyz - centre, axis=1), 95)
-    return hull_recall_without_each(frames, silhouettes, centre - reach, centre + reach, spare_share)
+    tolerant, strict = hull_recall_without_each(frames, silhouettes, centre - reach, centre + reach,
+                                                (SPARE_MISS_SHARE, 0.0))
+    return tolerant, strict
 
 
 def misplaced(names: list[str], recall: np.ndarray, strict_recall: np.ndarray, agreement: np.ndarray,
@@ -492,12 +493,12 @@ def fill_in(frames: dict[str, Frame], model, other_model, photos: list[PhotoInpu
     stems = [*frames, *added]
     silhouettes = [silhouette_with_slack(read_mask(by_stem[s], threshold)) for s in stems]
     cameras = [*frames.values(), *added.values()]
-    recall = hull_recall(cameras, silhouettes, xyz)
+    recall, strict_recall = hull_recall(cameras, silhouettes, xyz)
     inside, in_image = silhouette_votes(xyz, cameras, silhouettes)
     seen, theirs = seen_points(model, photos), seen_points(other_model, photos)
     to_ours = np.median(list(seen.values())) / max(np.median(list(theirs.values())), 1.0)  # the models' scales
     seen.update({stem: theirs[stem] * to_ours for stem in added})
-    wrong = misplaced(stems, recall, hull_recall(cameras, silhouettes, xyz, 0.0), object_agreement(inside, in_image),
+    wrong = misplaced(stems, recall, strict_recall, object_agreement(inside, in_image),
                       np.array([seen[s] for s in stems]))
     for stem in added:
         log.info("%s the camera of %s from the other model%s", "did not merge" if stem in wrong else "merged", stem,
