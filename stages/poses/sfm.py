@@ -394,7 +394,8 @@ def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, c
         found.dropped.update(tied_elsewhere(posed, found.pair_inliers))
         drop_cameras(model, found.dropped, log)
         before = model.compute_mean_reprojection_error()
-        refine(model)
+        with colmap_log(folder / "log", log):  # a failing solver step is chatter, not news
+            refine(model)
         after = model.compute_mean_reprojection_error()
         found.built = cameras_of(model)
         found.figures.update(reprojection_px=round(float(before), 3), reprojection_adjusted_px=round(float(after), 3))
