@@ -3,7 +3,8 @@
     python -m bench.field_throughput [--device cpu|cuda] [--samples 65536] [--repeats 5]
                                      [--path both|fast|reference]
 
-Samples lie along ~1000 random rays through the unit box (64 consecutive samples per ray, as
+First the machine's matrix-product ceilings in float32 and bfloat16 (a large square product and
+the MLPs' shape). Samples lie along ~1000 random rays through the unit box (64 consecutive samples per ray, as
 the marcher produces them: neighbouring samples share grid cells, which is what makes the
 gathers cache friendly). Rows:
   encoding   hash grid alone (features summed into a dummy loss), table Adam step
@@ -107,6 +108,14 @@ def bench_grid(label: str, levels: int, features: int, log2_table: int, max_res:
                 for name, fn in (("encoding", encoding_step), ("field", field_step), ("density", density_pass))]
 
 
+def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, device: str, repeats: int) -> float:
+    """FLOP/s of one [m, k] x [k, n] matrix product in `dtype`: the ceiling a field's MLPs run
+    under (bfloat16 is several times float32 on CPUs with AVX-512 BF16 or AMX; where the CPU lacks
+    them it is slower, which the ratio shows)."""
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+    return 2 * m * k * n / timed(lambda: a @ b, repeats, device)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.field_throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -123,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--device cuda: CUDA is not available")
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"field throughput: {args.samples} samples per step, median of {args.repeats} ({where}, torch {torch.__version__})")
+    for shape, what in (((2048, 2048, 2048), "2048 x 2048 x 2048"), ((args.samples, 64, 64), f"{args.samples} x 64 x 64 (the MLPs')")):
+        f32, bf16 = (matmul_rate(*shape, dtype, args.device, args.repeats) for dtype in (torch.float32, torch.bfloat16))
+        print(f"matrix product {what}: float32 {f32 / 1e9:.0f} GFLOP/s, bfloat16 {bf16 / 1e9:.0f} GFLOP/s ({bf16 / f32:.1f}x)")
     paths = ("reference", "fast") if args.path == "both" else (args.path,)
     if "fast" in paths and native_library() is None:
         print("(native kernels unavailable: the fast path runs the PyTorch reference ops, fused Adam only)")
