@@ -176,8 +176,13 @@ def object_agreement(inside: np.ndarray, seen: np.ndarray) -> np.ndarray:
     silhouettes they land in: a static background (wallpaper, a table) gives points outside every
     mask that a right model has too, so they say nothing about the cameras; points of a model
     built on false matches land inside some masks and outside others."""
-    majority = inside.sum(0) >= 0.5 * np.maximum(seen.sum(0), 1)
+    majority = object_majority(inside, seen)
     return (inside & majority).sum(1) / np.maximum((seen & majority).sum(1), 1)
+
+
+def object_majority(inside: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """[N] bool: the points inside most of the silhouettes they land in (the object's)."""
+    return inside.sum(0) >= 0.5 * np.maximum(seen.sum(0), 1)
 
 
 def points_in_silhouettes(points: np.ndarray, frames: list[Frame], silhouettes: list[np.ndarray]) -> np.ndarray:

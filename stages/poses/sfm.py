@@ -31,8 +31,8 @@ from stages.poses.colmap_model import Solution, frame_from_image, solution_of
 from stages.poses.matching import extract_and_match
 from stages.poses.merge import cameras_from
 from stages.poses.outputs import write_attempt
-from stages.poses.normalize import (SPARE_MISS_SHARE, hull_recall_without_each, object_agreement, silhouette_votes,
-                                    silhouette_with_slack)
+from stages.poses.normalize import (SPARE_MISS_SHARE, hull_recall_without_each, object_agreement, object_majority,
+                                    silhouette_votes, silhouette_with_slack)
 from stages.poses.camera_groups import camera_groups, group_key
 from stages.poses.photos import PhotoInput, read_mask
 from stages.poses.sift_tracks import add_sift_tracks
@@ -308,7 +308,7 @@ def check_against_masks(found: Attempt, photos: list[PhotoInput], threshold: int
     recall, strict_recall = hull_recall(frames, silhouettes, xyz)
     found.figures.update(points_inside_masks=round(float(np.median(inside.mean(1))), 3),
                          points_in_view=round(float(np.median(seen.mean(1))), 3),
-                         object_points=round(float(np.mean(inside.sum(0) >= 0.5 * np.maximum(seen.sum(0), 1))), 3),
+                         object_points=round(float(np.mean(object_majority(inside, seen))), 3),
                          object_points_inside_masks=round(float(np.median(agreement)), 3),
                          hull_covers_mask=round(float(np.median(recall)), 3))
     if np.median(agreement) < MODEL_MIN_AGREEMENT:
