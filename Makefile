@@ -56,6 +56,8 @@ bench-quality:
 
 # The online-collection captures of ../shared/data and the skull example, each scored against its
 # truth (bench/wild.py; about an hour on 2 cores); results in bench-runs/wild/CASE/metrics.json.
+# With NEROIC_BLENDER_PYTHON=<a Python with bpy> (see bench/blender_relit.py) the spot-wild cases
+# also path-trace the GLB in Blender under the held-out environments and score it.
 WILD_CASES ?= spot-wild-true spot-wild dino ethiopian-head skull
 bench-wild:
 	for case in $(WILD_CASES); do $(PYTHON) -m bench.wild $$case || exit 1; done

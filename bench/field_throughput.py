@@ -9,6 +9,8 @@ the marcher produces them: neighbouring samples share grid cells, which is what 
 gathers cache friendly). Rows:
   encoding   hash grid alone (features summed into a dummy loss), table Adam step
   field      density + colour + transient heads as in training (all samples get colour), Adam
+  sdf field  the same with the geometry stage's SDF: every sample's normal from four more SDF
+             evaluations (`surface_normals`) goes into its colour
   density    density only, no gradient (the culling and occupancy passes)
 for the default grid (12 levels x 2^15 rows x 2 features) and, for comparison, a 2^16 table,
 environment.md's 16 x 2^19 grid and an 8-level x 4-feature grid. Each on two paths:
@@ -84,28 +86,35 @@ def bench_grid(label: str, levels: int, features: int, log2_table: int, max_res:
         enc_opt.step()
 
     lo, hi = [0.0] * 3, [1.0] * 3
-    # a density field, as this row has always measured (an SDF field adds its normals' four
-    # evaluations for the samples that get a colour)
-    field = NerfWField(lo, hi, 40, n_levels=levels, n_features=features, log2_table=log2_table,
-                       max_resolution=max_res, surface="density").to(device)
-    opt = optimizer(field.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
 
-    def field_step():
-        sigma, geo = field.density(points)
-        rgb = field.colour(geo, dirs, field.appearance(image))
-        sigma_t, rgb_t, beta = field.transient(geo, field.transient_codes(image))
-        loss = (sigma.mean() + rgb.square().mean() + sigma_t.mean() + rgb_t.mean() + beta.mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def field_step_of(surface: str):
+        field = NerfWField(lo, hi, 40, n_levels=levels, n_features=features, log2_table=log2_table,
+                           max_resolution=max_res, surface=surface).to(device)
+        opt = optimizer(field.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
+
+        def field_step():
+            sigma, geo = field.density(points)
+            normals = field.surface_normals(points, 1.0 / max_res) if field.is_sdf else None
+            rgb = field.colour(geo, dirs, field.appearance(image), normals=normals)
+            sigma_t, rgb_t, beta = field.transient(geo, field.transient_codes(image))
+            loss = (sigma.mean() + rgb.square().mean() + sigma_t.mean() + rgb_t.mean() + beta.mean())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return field, field_step
+
+    # a density field, as this row has always measured
+    field, field_step = field_step_of("density")
+    _, sdf_step = field_step_of("sdf")
 
     @torch.no_grad()
     def density_pass():
         field.density(points)
 
+    passes = [("encoding", encoding_step), ("field", field_step), ("sdf field", sdf_step), ("density", density_pass)]
     with contextlib.nullcontext() if fast else reference_path():
-        return [(label, name, n / timed(fn, repeats, device))
-                for name, fn in (("encoding", encoding_step), ("field", field_step), ("density", density_pass))]
+        return [(label, name, n / timed(fn, repeats, device)) for name, fn in passes]
 
 
 def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, device: str, repeats: int) -> float:
@@ -138,13 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     paths = ("reference", "fast") if args.path == "both" else (args.path,)
     if "fast" in paths and native_library() is None:
         print("(native kernels unavailable: the fast path runs the PyTorch reference ops, fused Adam only)")
-    print(f"{'grid':<22}{'pass':<10}" + "".join(f"{p + ' M/s':>16}" for p in paths)
+    print(f"{'grid':<22}{'pass':<11}" + "".join(f"{p + ' M/s':>16}" for p in paths)
           + (f"{'speed-up':>10}" if len(paths) == 2 else ""))
     for grid in GRIDS[:1] if args.default_only else GRIDS:
         rates = [bench_grid(*grid, args.samples, args.repeats, args.device, fast=p == "fast") for p in paths]
         for rows in zip(*rates):
             label, name = rows[0][:2]
-            line = f"{label:<22}{name:<10}" + "".join(f"{rate / 1e6:>16.3f}" for _, _, rate in rows)
+            line = f"{label:<22}{name:<11}" + "".join(f"{rate / 1e6:>16.3f}" for _, _, rate in rows)
             if len(rows) == 2:
                 line += f"{rows[1][2] / rows[0][2]:>9.1f}x"
             print(line, flush=True)

@@ -33,6 +33,10 @@ From the photos alone, the truth is first moved into the model's frame (`shape_a
   chamfer   GLB to the true mesh, % of the true mesh's bounding-box diagonal (100k samples each way)
   normals   median angle between the GLB's smooth surface normals and the true mesh's, over the
             held-out pixels both cover
+  blender   the GLB path-traced by Blender under the held-out environments themselves (sunrise,
+            sunset: real skies with a sun), scored against test/ (bench/blender_relit.py; the truth
+            scores 33.0 dB), when $NEROIC_BLENDER_PYTHON names a Python with bpy; from the photos
+            alone, the GLB is first moved into the capture's frame by the same alignment
   ceiling   the relit score of the truth itself (true albedo and mesh) under the given SH, with
             and without cast shadows, and under the best order-2 SH fitted to each held-out photo
             (`relighting_ceiling`): no diffuse SH-lit model can be expected above these
@@ -299,7 +303,24 @@ def spot_wild_true(out: Path, overrides: list[str]) -> dict:
     workdir = out / "work"
     return {"wall_seconds": round(seconds, 1), "costs": stage_costs(workdir),
             "masks": {k: v for k, v in mask_iou(workdir, data / "gt" / "masks").items() if k != "per_photo"},
-            "heldout": score_spot_wild(workdir, data), "heldout_ceiling": relighting_ceiling(data)}
+            "heldout": score_spot_wild(workdir, data), "heldout_ceiling": relighting_ceiling(data),
+            **blender_relit(out, workdir, data, np.eye(4))}
+
+
+def blender_relit(out: Path, workdir: Path, data: Path, world_from_truth: np.ndarray) -> dict:
+    """{"blender": ...}: the GLB path-traced by Blender under the held-out environments, scored
+    (bench/blender_relit.py), when a Python with bpy is named by $NEROIC_BLENDER_PYTHON; else {}."""
+    import os
+
+    from bench.blender_relit import blender_figure, write_in_frame
+
+    python = os.environ.get("NEROIC_BLENDER_PYTHON", "")
+    if not python:
+        print("NEROIC_BLENDER_PYTHON is not set: no Blender relighting figure", file=sys.stderr)
+        return {}
+    glb = out / "model_in_capture_frame.glb"
+    write_in_frame(exported_model(workdir), np.linalg.inv(world_from_truth), glb)
+    return {"blender": blender_figure(glb, data, out, python)}
 
 
 def shape_alignment(truth, model, initial: np.ndarray, samples: int = 30000) -> np.ndarray:
@@ -358,6 +379,7 @@ def spot_wild(out: Path, overrides: list[str]) -> dict:
                                   trimesh.Trimesh(model.positions.astype(np.float64), model.faces, process=False), T)
         result["heldout_camera_centres_aligned"] = score_spot_wild(workdir, data, world_from_truth=T)
         result["heldout"] = score_spot_wild(workdir, data, world_from_truth=aligned)  # its sheet is written last
+        result.update(blender_relit(out, workdir, data, aligned))
     return result
 
 
