@@ -874,6 +874,21 @@ def test_a_camera_turned_by_a_repeated_print_is_misplaced_but_not_one_with_half_
     assert list(why) == ["p_017"] and "false matches" in why["p_017"]
 
 
+def test_a_camera_tilted_by_a_repeated_print_is_misplaced_by_the_strict_hull():
+    """Figures measured on the bench: the print capture's p_004 (16.6 deg off: 85 % of its points
+    inside, the tolerant hull at 0.98 of typical, the strict one at 0.93), spot-wild's img_008
+    (right, sky in its mask: 91 %, strict 0.91), the dino's dinoSR0009 (right: 82 %, both hulls
+    at typical) and kermit-rough's kermit007 (right, half its mask cut: 49 %, strict 1.19)."""
+    names = ["p_004", "img_008", "dinoSR0009", "kermit007", "typical", "typical2", "typical3"]
+    tolerant = np.array([0.979, 0.938, 1.0, 1.0, 1.0, 1.0, 1.0])
+    strict = np.array([0.929, 0.912, 1.012, 1.187, 1.0, 1.0, 1.0])
+    agreement = np.array([0.853, 0.910, 0.821, 0.488, 0.99, 0.99, 0.99])
+    observed = np.array([372.0, 500, 600, 400, 700, 700, 700])
+    assert not misplaced(names, tolerant, tolerant, agreement, observed)  # the tolerant hull alone keeps it
+    why = misplaced(names, tolerant, strict, agreement, observed)
+    assert list(why) == ["p_004"] and "93 % of it (typical 100 %)" in why["p_004"]
+
+
 def test_a_warped_model_leaves_the_median_mask_uncovered():
     """Every camera turned a few degrees at random (a model built on false matches, as XFeat's
     1024 keypoints gave spot-wild: 6.7 deg in the median): the median photo's mask is no longer

@@ -72,17 +72,19 @@ ELSEWHERE_RATIO = 4.0
 # camera of skull01 (64 photos), the dino or spot-wild fell below 0.95 of the median.
 MISPLACED_RECALL, MISPLACED_POINTS = 0.75, 0.3
 # A camera is also placed wrong when under CAMERA_MIN_AGREEMENT of the object's points in its view fall
-# inside its mask while the others' hull covers under FLIPPED_RECALL of the median share of its
-# mask. The rendered print capture (one print on all sides): four cameras turned 96-177 deg the
-# wrong way saw 49-72 % of their points inside their masks, with recall 0.71-0.84 (typical 1.0);
-# right cameras 97-99 %. A mask that misses half the object (skull01 and kermit, every fourth
-# mask cut) drops the points to 31-67 % but keeps recall at 1.0. (The fraction of the hull's
-# outline inside the mask, 0.17 for a fifth turned camera, fell as low, 0.14, for a cut mask.)
-# A clip of the rendered cow (20 frames) gave a camera 84 deg off with 20 % and recall 0.90, and
-# the print capture one 163 deg off with 82 % and 0.89. Right cameras whose recall fell under 0.95
-# of the median (eight captures, rough masks among them) saw 91-100 % (spot-wild img_008: sky in
-# its mask).
-CAMERA_MIN_AGREEMENT, FLIPPED_RECALL = 0.85, 0.95
+# inside its mask while the others' hull, tolerant or strict, covers under FLIPPED_RECALL of the
+# median share of its mask. The rendered print capture (one print on all sides): four cameras turned
+# 96-177 deg the wrong way saw 49-72 % of their points inside their masks, with recall 0.71-0.84
+# (typical 1.0), and one tilted 16.6 deg saw 87 % with the strict hull at 0.71 of typical (tolerant
+# above 0.95; in the model without the turned four: 85 %, strict 0.93); right cameras 97-99 %. A mask that misses half the object (skull01 and kermit, every
+# fourth mask cut) drops the points to 26-67 % but keeps both recalls at 1.0 or above. (The
+# fraction of the hull's outline inside the mask, 0.17 for a fifth turned camera, fell as low,
+# 0.14, for a cut mask.) A clip of the rendered cow (20 frames) gave a camera 84 deg off with 20 %
+# and recall 0.90, and the print capture one 163 deg off with 82 % and 0.89. Over the nine bench
+# captures, right cameras with either recall under 0.95 of typical saw 91-100 % (the nearest:
+# spot-wild img_008, sky in its mask, 91 % with the strict hull at 0.91); right cameras under
+# 88 % (the dino's, kermit's with cut masks) had both recalls at typical or above.
+CAMERA_MIN_AGREEMENT, FLIPPED_RECALL = 0.88, 0.95
 HULL_BOX = 1.5  # the hull is carved in a cube of this many times the points' 95th-percentile reach
 
 
@@ -356,8 +358,9 @@ def misplaced(names: list[str], recall: np.ndarray, strict_recall: np.ndarray, a
     the median photo's 3-D points (either alone also marks right cameras: a mask that takes in the
     turntable, a photo of a plain side; together they marked the wrong cameras of three captures
     and none of the right ones of five); or that see few of the points in their view inside their
-    mask (`agreement`) while the others' hull is beside it (CAMERA_MIN_AGREEMENT, FLIPPED_RECALL:
-    a mask that misses part of the object lowers the first only, a turned camera both)."""
+    mask (`agreement`) while the others' hull, tolerant or strict, is beside it (CAMERA_MIN_AGREEMENT,
+    FLIPPED_RECALL: a mask that misses part of the object lowers the first only, a turned or tilted
+    camera both)."""
     typical_recall, typical_points, typical_strict = np.median(recall), np.median(observed), np.median(strict_recall)
     why = {}
     for name, r, strict, a, n in zip(names, recall, strict_recall, agreement, observed):
@@ -365,10 +368,12 @@ def misplaced(names: list[str], recall: np.ndarray, strict_recall: np.ndarray, a
             why[name] = (f"its camera disagrees with the others: their visual hull covers {100 * strict:.0f} % of its "
                          f"mask (typical {100 * typical_strict:.0f} %) and it sees {int(n)} of the model's points "
                          f"(typical {int(typical_points)}): a camera placed wrong")
-        elif a < CAMERA_MIN_AGREEMENT and r < FLIPPED_RECALL * typical_recall:
+            continue
+        hull, typical = (r, typical_recall) if r < FLIPPED_RECALL * typical_recall else (strict, typical_strict)
+        if a < CAMERA_MIN_AGREEMENT and hull < FLIPPED_RECALL * typical:
             why[name] = (f"its camera disagrees with the others: {100 * a:.0f} % of the model's points in its view "
-                         f"fall inside its mask, and their visual hull covers {100 * r:.0f} % of it (typical "
-                         f"{100 * typical_recall:.0f} %): a camera placed wrong (false matches)")
+                         f"fall inside its mask, and their visual hull covers {100 * hull:.0f} % of it (typical "
+                         f"{100 * typical:.0f} %): a camera placed wrong (false matches)")
     return why
 
 
