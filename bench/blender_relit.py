@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench import SHARED, SHARED_DATA
 from bench.relighting import fit_channel_scale, srgb_psnr
 from stages.common.colour import linear_to_srgb, srgb_to_linear
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOOL = SHARED / "tools" / "blender_relight.py"
 MIN_ALPHA = 0.5  # a pixel belongs to the true mask when the held-out photo covers it this much
 
@@ -112,7 +112,7 @@ def blender_figure(glb: Path, capture: Path, out: Path, blender_python: str, spp
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("glb", type=Path)
-    parser.add_argument("--capture", type=Path, default=SHARED / "data" / "spot-wild")
+    parser.add_argument("--capture", type=Path, default=SHARED_DATA / "spot-wild")
     parser.add_argument("--out", type=Path, default=None, help="folder for the renders (default: beside the GLB)")
     parser.add_argument("--blender-python", default=os.environ.get("NEROIC_BLENDER_PYTHON", ""))
     parser.add_argument("--spp", type=int, default=32)

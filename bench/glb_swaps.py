@@ -26,7 +26,8 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from bench.blender_relit import SHARED, blender_figure
+from bench import SHARED_DATA
+from bench.blender_relit import blender_figure
 from stages.export.bake import dilate, rasterize_uv, specular_colour_texture
 from stages.export.gltf import TexturedMesh, png_bytes, read_glb, write_glb
 
@@ -49,8 +50,8 @@ def true_base_colour(model, capture: Path) -> np.ndarray:
     point of the true surface."""
     import open3d as o3d
 
-    spot = trimesh.load(SHARED / "data" / "spot" / "spot_triangulated.obj", process=False)
-    texture = np.asarray(Image.open(SHARED / "data" / "spot" / "spot_texture.png").convert("RGB"))
+    spot = trimesh.load(SHARED_DATA / "spot" / "spot_triangulated.obj", process=False)
+    texture = np.asarray(Image.open(SHARED_DATA / "spot" / "spot_texture.png").convert("RGB"))
     scale, rotation, shift = spot_from_capture(trimesh.load(capture / "gt" / "mesh.ply", process=False), spot)
     size = model.base_colour.shape[0]
     raster = rasterize_uv(SimpleNamespace(uvs=model.uvs, faces=model.faces), size)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("glb", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--capture", type=Path, default=SHARED / "data" / "spot-wild")
+    parser.add_argument("--capture", type=Path, default=SHARED_DATA / "spot-wild")
     parser.add_argument("--blender-python", default=os.environ.get("NEROIC_BLENDER_PYTHON", ""))
     args = parser.parse_args(argv)
     names = write_swaps(args.glb, args.capture, args.out)

@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench import SHARED_DATA
 from bench.poses_accuracy import read_truth, score
 from stages.common.cameras import read_transforms
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def link_photos(source: Path, target: Path, keep=lambda index, path: True) -> Path:
@@ -201,23 +201,23 @@ def checks_table(results: dict) -> str:
 def case_paths(name: str, out: Path) -> tuple[Path, str | None, list[str]]:
     """(photos folder, reference file or None for plain pycolmap, extra neroic arguments)."""
     if name == "milk":
-        return SHARED / "milk" / "images", str(SHARED / "milk" / "poses_bounds.npy"), []
+        return SHARED_DATA / "milk" / "images", str(SHARED_DATA / "milk" / "poses_bounds.npy"), []
     if name == "spot-wild":
-        return SHARED / "spot-wild" / "images", str(SHARED / "spot-wild" / "transforms.json"), []
+        return SHARED_DATA / "spot-wild" / "images", str(SHARED_DATA / "spot-wild" / "transforms.json"), []
     if name == "ethiopian-head":
-        return SHARED / "ethiopian_head" / "images", str(SHARED / "ethiopian_head" / "poses_bounds.npy"), []
+        return SHARED_DATA / "ethiopian_head" / "images", str(SHARED_DATA / "ethiopian_head" / "poses_bounds.npy"), []
     if name == "dino":
-        photos = link_photos(SHARED / "dino", out / "photos")
-        return photos, str(SHARED / "dino" / "dinoSR_par.txt"), []
+        photos = link_photos(SHARED_DATA / "dino", out / "photos")
+        return photos, str(SHARED_DATA / "dino" / "dinoSR_par.txt"), []
     if name == "skull":
-        return SHARED / "skull01" / "images", None, []
+        return SHARED_DATA / "skull01" / "images", None, []
     if name == "kermit":
-        return SHARED / "kermit" / "images", None, []
+        return SHARED_DATA / "kermit" / "images", None, []
     if name == "skull-third":
-        return link_photos(SHARED / "skull01" / "images", out / "photos", lambda i, p: i % 3 == 0), "skull", []
+        return link_photos(SHARED_DATA / "skull01" / "images", out / "photos", lambda i, p: i % 3 == 0), "skull", []
     if name in ("kermit-rough", "skull-rough"):
         base = name.split("-")[0]
-        photos = SHARED / ("kermit" if base == "kermit" else "skull01") / "images"
+        photos = SHARED_DATA / ("kermit" if base == "kermit" else "skull01") / "images"
         first = out / "masks-run"
         if not (first / "work" / "masks" / "masks.json").exists():
             subprocess.run([sys.executable, "-m", "pipeline", "run", str(photos), "--out", str(first / "m.glb"),
@@ -250,7 +250,7 @@ def run_case(name: str, out: Path, overrides: list[str]) -> dict:
         if skull_run.exists():
             truth, against = {f.stem: f for f in read_transforms(skull_run, roots=[out / "skull" / "work"])}, "skull"
         else:
-            truth, against = plain_pycolmap(SHARED / "skull01" / "images", out / "pycolmap" / "skull")[0], "plain pycolmap"
+            truth, against = plain_pycolmap(SHARED_DATA / "skull01" / "images", out / "pycolmap" / "skull")[0], "plain pycolmap"
     elif reference is None:
         truth, against = plain, "plain pycolmap"
     else:

@@ -12,6 +12,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench import SHARED_DATA
 from pipeline.config import resolve
 from stages.context import Sources
 from pipeline.runner import Pipeline
@@ -19,9 +20,8 @@ from pipeline.workdir import Workdir
 from stages import get_stage
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"  # the project's larger test data, when it is beside the repo
 # The shipped example always; kermit (11 photos, 640 px) when ../shared/data has it.
-DEFAULT_CAPTURES = {name: folder for name, folder in (("kermit", DATA / "kermit" / "images"),
+DEFAULT_CAPTURES = {name: folder for name, folder in (("kermit", SHARED_DATA / "kermit" / "images"),
                                                       ("skull", REPO / "examples" / "skull" / "images"))
                     if folder.exists()}
 STAGES = ("ingest", "masks", "poses")

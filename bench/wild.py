@@ -54,9 +54,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench import SHARED_DATA
 from bench.spot_quality import stage_costs
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def run_neroic(photos: Path, out: Path, extra: list[str], overrides: list[str]) -> float:
@@ -298,7 +298,7 @@ def _write_sheet(path: Path, rows, relit_scale, albedo_scale, glb_scale) -> None
 
 
 def spot_wild_true(out: Path, overrides: list[str]) -> dict:
-    data = SHARED / "spot-wild"
+    data = SHARED_DATA / "spot-wild"
     seconds = run_neroic(data / "images", out, ["--poses", str(data / "transforms.json")], overrides)
     workdir = out / "work"
     return {"wall_seconds": round(seconds, 1), "costs": stage_costs(workdir),
@@ -357,7 +357,7 @@ def spot_wild(out: Path, overrides: list[str]) -> dict:
     from stages.common.cameras import robust_similarity
     from stages.common.cameras import read_transforms
 
-    data = SHARED / "spot-wild"
+    data = SHARED_DATA / "spot-wild"
     try:
         seconds = run_neroic(data / "images", out, [], overrides)
     except SystemExit as failure:  # too few registered is a clear message, and a result to report
@@ -386,7 +386,7 @@ def spot_wild(out: Path, overrides: list[str]) -> dict:
 def dino(out: Path, overrides: list[str]) -> dict:
     from bench.poses_accuracy import score_workdir
 
-    data = SHARED / "dino"
+    data = SHARED_DATA / "dino"
     photos = out / "photos"
     if not photos.exists():  # the photos only (the folder also holds the calibration files)
         photos.mkdir(parents=True)
@@ -401,7 +401,7 @@ def dino(out: Path, overrides: list[str]) -> dict:
 def ethiopian_head(out: Path, overrides: list[str]) -> dict:
     from bench.poses_accuracy import score_workdir
 
-    data = SHARED / "ethiopian_head"
+    data = SHARED_DATA / "ethiopian_head"
     seconds = run_neroic(data / "images", out, [], overrides)
     workdir = out / "work"
     poses = score_workdir(workdir, data / "poses_bounds.npy")
@@ -498,7 +498,7 @@ def _glb_views(workdir: Path, path: Path, views: int = 3) -> float:
 
 
 def spot_wild_ceiling(out: Path, overrides: list[str]) -> dict:
-    return relighting_ceiling(SHARED / "spot-wild")
+    return relighting_ceiling(SHARED_DATA / "spot-wild")
 
 
 CASES = {"spot-wild-true": spot_wild_true, "spot-wild": spot_wild, "dino": dino, "ethiopian-head": ethiopian_head,
