@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,3 +94,24 @@ def test_one_training_step_render_and_material_step_match():
         shaded[device] = (out.rgb.detach().cpu(), m.encoding.table.grad.cpu())
     assert torch.allclose(shaded["cpu"][0], shaded[OTHER][0], rtol=1e-4, atol=1e-5)
     assert torch.allclose(shaded["cpu"][1], shaded[OTHER][1], rtol=1e-3, atol=1e-7)
+
+
+def test_learned_matches_in_half_precision_match_the_cpus():
+    """LighterGlue runs in half precision on a GPU (learned.load_model): most of its matches on two
+    neighbouring skull photos are the CPU's float32 matches."""
+    import numpy as np
+    from PIL import Image
+
+    from stages.poses import learned
+
+    if learned.missing_packages("xfeat"):
+        pytest.skip(learned.missing_packages("xfeat"))
+    images = Path(__file__).resolve().parent.parent / "examples" / "skull" / "images"
+    photos = [np.asarray(Image.open(images / name).convert("RGB").resize((512, 384))) for name in ("01.jpg", "02.jpg")]
+    found = []
+    for device in ("cpu", OTHER):
+        model = learned.load_model("xfeat", 1024, device)
+        a, b = (learned.extract(model, rgb, np.ones(rgb.shape[:2], bool), 512) for rgb in photos)
+        found.append({tuple(m) for m in learned.match(model, a, b)})
+    assert len(found[0]) > 100
+    assert len(found[0] & found[1]) > 0.8 * len(found[0])

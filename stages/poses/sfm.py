@@ -137,9 +137,13 @@ def mapper_options(cfg: dict, threads: int = 0) -> "pycolmap.IncrementalPipeline
     """The incremental mapper's options. Lens distortion stays at zero while the model grows (it
     is refined once at the end, see `refine`): with a long lens it is barely observable, and a
     k1 that wanders past COLMAP's sanity limit stops every further photo from registering (the
-    Middlebury dino: k1 went to 4 after three photos, and 3 of 16 registered; 9 with it fixed)."""
+    Middlebury dino: k1 went to 4 after three photos, and 3 of 16 registered; 9 with it fixed).
+    Global adjustments skip the points that others already tie down (COLMAP's
+    ba_global_ignore_redundant_points3D): faster, and on the rendered print capture the model kept
+    33 of 36 photos at 0.30 deg instead of 31 at 0.74 (`refine` adjusts every point at the end)."""
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = threads or -1
+    options.mapper.ba_global_ignore_redundant_points3D = True
     options.ba_refine_extra_params = False
     options.mapper.abs_pose_refine_extra_params = False
     options.mapper.init_min_tri_angle = float(cfg["init_min_tri_angle"])
