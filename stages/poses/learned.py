@@ -128,7 +128,7 @@ def load_model(kind: str, max_keypoints: int, device: str = "cpu") -> Model:
     matcher.to(device).eval()
     # LightGlue's attention in half precision on a GPU, as its authors run it. Not on a CPU: with
     # bfloat16 an AMX Xeon matched a repeated pair 2x faster, but every new pair's sizes cost
-    # oneDNN a new kernel, and on milk's 160 pairs the matching took 41 s instead of 34.
+    # oneDNN a new kernel, and on milk's 160 pairs the matching took 41 s instead of 36.
     (matcher.net if kind == "xfeat" else matcher).conf.mp = device == "cuda"
     if kind == "xfeat":  # XFeat moves its input to `dev`, chosen by itself at construction
         extractor.dev = torch.device(device)
