@@ -104,8 +104,9 @@ def test_learned_matches_in_half_precision_match_the_cpus():
 
     from stages.poses import learned
 
-    if learned.missing_packages("xfeat"):
-        pytest.skip(learned.missing_packages("xfeat"))
+    missing = learned.missing_packages("xfeat")
+    if missing:
+        pytest.skip(missing)
     images = Path(__file__).resolve().parent.parent / "examples" / "skull" / "images"
     photos = [np.asarray(Image.open(images / name).convert("RGB").resize((512, 384))) for name in ("01.jpg", "02.jpg")]
     found = []
