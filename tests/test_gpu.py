@@ -108,7 +108,7 @@ def test_learned_matches_in_half_precision_match_the_cpus():
     if missing:
         pytest.skip(missing)
     images = Path(__file__).resolve().parent.parent / "examples" / "skull" / "images"
-    photos = [np.asarray(Image.open(images / name).convert("RGB").resize((512, 384))) for name in ("01.jpg", "02.jpg")]
+    photos = [np.asarray(Image.open(images / name).convert("RGB").resize((512, 341))) for name in ("01.jpg", "02.jpg")]
     found = []
     for device in ("cpu", OTHER):
         model = learned.load_model("xfeat", 1024, device)
