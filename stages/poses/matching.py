@@ -27,11 +27,12 @@ from stages.poses import database, learned
 from stages.poses.camera_groups import camera_groups, describe
 from stages.poses.photos import PhotoInput, read_mask
 from stages.poses.colmap_calls import interruptible
-from stages.poses.pairs import similar_pairs, similarity, upright_turns
+from stages.poses.pairs import neighbourhood, similar_pairs, similarity, upright_turns
 
 MIN_LEARNED_MATCHES = 15  # LightGlue matches below this are not worth verifying
 SEARCH_ANGLES = (0, 90, 180, 270)  # turns tried to find a common up
 SEARCH_KEYPOINTS = 256  # per photo and turn, at half the feature size: enough to rank photo pairs
+AROUND_FACTOR = 2  # a neighbourhood match takes in twice match_neighbours of each photo's most similar photos
 
 
 def feature_region(photo: PhotoInput, threshold: int, dilation: int) -> np.ndarray:
@@ -98,52 +99,64 @@ def sift_features_and_matches(ingest: Path, photos: list[PhotoInput], threshold:
 
 
 def learned_features_and_matches(kind: str, photos: list[PhotoInput], threshold: int, cfg: dict,
-                                 work: Path, log: logging.Logger, progress, device: str, threads: int) -> None:
+                                 work: Path, log: logging.Logger, progress, device: str, threads: int,
+                                 around: set[str] | None = None) -> None:
+    """`around` (image names): match only those photos and each one's AROUND_FACTOR x
+    `match_neighbours` most similar photos (by the quick search descriptors of all photos)."""
     model = learned.load_model(kind, int(cfg["max_keypoints"]), device)
     size = int(cfg["feature_size"])
     regions = []
     for photo in photos:
         regions.append((read_rgb(photo.image), feature_region(photo, threshold, int(cfg["mask_dilation"])),
                         feature_region(photo, threshold, -int(cfg["edge_margin"]))))
-    if cfg["upright"] == "auto":  # each photo at 4 turns, small and quick, to find a common up
+    score = None
+    degrees = [0.0] * len(photos)
+    if cfg["upright"] == "auto" or around:  # each photo small and quick (at 4 turns to find a common up)
+        angles = SEARCH_ANGLES if cfg["upright"] == "auto" else SEARCH_ANGLES[:1]
         turned = [[learned.extract(model, rgb, region, size // 2, inside, angle, SEARCH_KEYPOINTS).descriptors
-                   for angle in SEARCH_ANGLES]
-                  for rgb, region, inside in progress(regions, desc=f"{kind} orientations", unit="photo")]
+                   for angle in angles]
+                  for rgb, region, inside in progress(regions, desc=f"{kind} search", unit="photo")]
         turns, score = upright_turns(turned)
-        degrees = [SEARCH_ANGLES[t] for t in turns]
+        degrees = [angles[t] for t in turns]
         if any(degrees):
             log.info("%s: photos turned to a common up: %s", kind,
                      ", ".join(f"{p.name} {d:.0f} deg" for p, d in zip(photos, degrees) if d))
-    else:
-        degrees = [0.0] * len(photos)
-    features = [learned.extract(model, rgb, region, size=size, inside=inside, degrees=angle)
-                for (rgb, region, inside), angle in zip(progress(regions, desc=f"{kind} features", unit="photo"),
-                                                         degrees)]
-    if cfg["upright"] != "auto":
+    chosen = list(range(len(photos)))
+    if around:
+        chosen = neighbourhood(score, [i for i, p in enumerate(photos) if p.image_rel in around],
+                               AROUND_FACTOR * int(cfg["match_neighbours"]))
+    features = [learned.extract(model, regions[i][0], regions[i][1], size=size, inside=regions[i][2],
+                                degrees=degrees[i]) for i in progress(chosen, desc=f"{kind} features", unit="photo")]
+    if score is None:
         score = similarity([f.descriptors for f in features])
+    else:
+        score = score[np.ix_(chosen, chosen)]
     pairs = similar_pairs(score, int(cfg["match_neighbours"]))
-    log.info("%s: %d keypoints per photo (median), LightGlue on %d of %d pairs", kind,
-             int(np.median([len(f.keypoints) for f in features])), len(pairs), len(photos) * (len(photos) - 1) // 2)
+    scope = f"around {len(around)} photo(s): {len(chosen)} photos, " if around else ""
+    log.info("%s: %s%d keypoints per photo (median), LightGlue on %d of %d pairs", kind, scope,
+             int(np.median([len(f.keypoints) for f in features])), len(pairs), len(chosen) * (len(chosen) - 1) // 2)
+    names = [photos[i].image_rel for i in chosen]
     matches = {}
     for i, j in progress(pairs, desc=f"{kind} matching", unit="pair"):
         found = learned.match(model, features[i], features[j])
         if len(found) >= MIN_LEARNED_MATCHES:
-            matches[(photos[i].image_rel, photos[j].image_rel)] = found
-    database.write_features(work / "database.db", {p.image_rel: f.keypoints for p, f in zip(photos, features)},
-                            matches)
+            matches[(names[i], names[j])] = found
+    database.write_features(work / "database.db", {name: f.keypoints for name, f in zip(names, features)}, matches)
     token = pycolmap.CancellationToken()
     interruptible("geometric verification", database.verify, work / "database.db", threads, token, token=token)
 
 
 def extract_and_match(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
-                      log: logging.Logger, progress, device: str = "cpu", threads: int = 0) -> None:
+                      log: logging.Logger, progress, device: str = "cpu", threads: int = 0,
+                      around: set[str] | None = None) -> None:
     """Fill work/database.db with the photos (in camera groups), features and verified matches
-    (`threads`: COLMAP's CPU threads, 0 = all cores; torch's are set by the runner)."""
+    (`threads`: COLMAP's CPU threads, 0 = all cores; torch's are set by the runner); `around`
+    (learned features only): the photos whose neighbourhood alone is matched."""
     groups = camera_groups(photos, bool(cfg["shared_camera"]))
     log.info("%s", describe(groups))
     database.create(work / "database.db", ingest, groups, cfg["camera_model"])
     if kind == "sift":
         sift_features_and_matches(ingest, photos, threshold, cfg, work, log, threads)
     else:
-        learned_features_and_matches(kind, photos, threshold, cfg, work, log, progress, device, threads)
+        learned_features_and_matches(kind, photos, threshold, cfg, work, log, progress, device, threads, around)
 

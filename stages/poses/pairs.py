@@ -90,6 +90,18 @@ def similar_pairs(score: np.ndarray, neighbours: int, share: float = 0.0) -> lis
     return sorted(chosen)
 
 
+def neighbourhood(score: np.ndarray, focus: list[int], neighbours: int) -> list[int]:
+    """The indices (sorted) of the `focus` photos and of each one's `neighbours` most similar
+    photos by `score` [n, n]: what a second kind of features must match to pose the photos a first
+    model lacks, with enough posed photos around them to tie its cameras to that model's."""
+    score = score.astype(float).copy()
+    np.fill_diagonal(score, -1)
+    chosen = set(focus)
+    for i in focus:
+        chosen.update(int(j) for j in np.argsort(-score[i], kind="stable")[:neighbours])
+    return sorted(chosen)
+
+
 def spanning_tree(score: np.ndarray) -> list[tuple[int, int]]:
     """The pairs (i < j) of a maximum spanning tree of the symmetric `score` [n, n] (Prim)."""
     n = len(score)

@@ -4,7 +4,8 @@
 
 `poses.features` chooses the features: "sift", a learned kind ("xfeat", "aliked", "disk") or
 "auto" (see `feature_order`: SIFT first for one known camera's photos, else the learned features
-first, the other kind after them when they fall short).
+first, the other kind after them when they fall short; after a first model that is large enough but
+placed some cameras wrong, the learned features are matched only around the photos it lacks).
 Each kind's COLMAP files (database, masks, models) live in its own folder under `work` (the
 stage's checkpoint folder), so an interrupted run resumes after the slow matching and "auto" can
 compare kinds. After mapping, the largest model is polished by one robust
@@ -273,6 +274,7 @@ class Attempt:
     figures: dict = field(default_factory=dict)  # what the checks measured, for the record
     built: dict[str, Frame] = field(default_factory=dict)  # image name -> camera, as the model was checked
     folder: Path | None = None  # its COLMAP files (database, models)
+    around: int = 0  # the photos whose neighbourhood alone it matched (0: every photo)
 
     def reject(self, why: str, log: logging.Logger) -> None:
         """Throw the model away, saying why (it becomes part of the attempt's summary); its cameras
@@ -285,13 +287,19 @@ class Attempt:
     def registered(self) -> int:
         return self.model.num_reg_images() if self.model is not None else 0
 
+    @property
+    def label(self) -> str:
+        return f"{self.kind}-around" if self.around else self.kind
+
     def summary(self, total: int) -> str:
-        return f"{self.kind}: {self.registered}/{total} registered" + (f" ({self.rejected})" if self.rejected else "")
+        scope = f" around the {self.around} photo(s) the first model lacked" if self.around else ""
+        return (f"{self.kind}{scope}: {self.registered}/{total} registered"
+                + (f" ({self.rejected})" if self.rejected else ""))
 
     def record(self) -> dict:
         """The attempt for normalization.json and the report: what it built, its checks' figures,
         and whether (why) it was rejected."""
-        return {"attempt": self.kind, "built": len(self.built), "rejected": self.rejected,
+        return {"attempt": self.label, "built": len(self.built), "rejected": self.rejected,
                 "dropped": sorted(Path(name).stem for name in self.dropped), **self.figures}
 
 
@@ -382,20 +390,22 @@ def misplaced(names: list[str], recall: np.ndarray, strict_recall: np.ndarray, a
 
 
 def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, work: Path,
-            log: logging.Logger, progress, device: str, threads: int) -> Attempt:
-    """Features, matches, the mapper and the masks' check with one kind of features."""
-    folder = work / kind
+            log: logging.Logger, progress, device: str, threads: int, around: set[str] | None = None) -> Attempt:
+    """Features, matches, the mapper and the masks' check with one kind of features (`around`: on
+    the neighbourhood of those image names only, see matching.py)."""
+    folder = work / (f"{kind}-around" if around else kind)
     folder.mkdir(parents=True, exist_ok=True)
     with colmap_log(folder / "log", log):
         if (folder / MATCHED_MARK).exists() and (folder / "database.db").exists():
             log.info("resuming with the %s features and matches of an interrupted run", kind)
         else:
             (folder / MATCHED_MARK).unlink(missing_ok=True)
-            extract_and_match(kind, ingest, photos, threshold, cfg, folder, log, progress, device, threads)
+            extract_and_match(kind, ingest, photos, threshold, cfg, folder, log, progress, device, threads, around)
             (folder / MATCHED_MARK).write_text("features and matches complete\n")
         with progress(total=len(photos), desc=f"registering photos ({kind})", unit="photo") as bar:
             model = map_photos(ingest, cfg, folder, log, bar, threads)
-    found = Attempt(kind, model, database.pair_inliers(folder / "database.db"), folder=folder)
+    found = Attempt(kind, model, database.pair_inliers(folder / "database.db"), folder=folder,
+                    around=len(around or ()))
     if model is not None:
         found.figures["mapped"] = model.num_reg_images()
         found.dropped = stray_cameras(model)
@@ -419,6 +429,12 @@ def attempt(kind: str, ingest: Path, photos: list[PhotoInput], threshold: int, c
     return found
 
 
+def lacked(found: Attempt, photos: list[PhotoInput]) -> set[str]:
+    """The image names of the photos an attempt's model did not pose (or whose cameras it took out)."""
+    posed = {found.model.image(i).name for i in found.model.reg_image_ids()} if found.model is not None else set()
+    return {p.image_rel for p in photos} - posed
+
+
 def cameras_of(model) -> dict[str, Frame]:
     """Image name -> camera, for every photo the model registered."""
     images = [model.image(i) for i in model.reg_image_ids()]
@@ -429,7 +445,7 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
             log: logging.Logger, progress, device: str = "cpu", threads: int = 0) -> SfmResult:
     """Cameras and points in COLMAP's (arbitrary) SfM frame, from the first kind of features that
     registers AUTO_ENOUGH of the photos (a first kind that placed cameras wrong is followed by the
-    next all the same), else
+    next all the same: a learned kind then matches only around the photos the first lacks), else
     from the attempt that registered the most (when none did, the matches reported are those of
     the kind that verified the most pairs); the photos it lacks get the cameras the other attempts
     found for them (fill_in)."""
@@ -439,11 +455,15 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
                           hint="use --set poses.shared_camera=false (cameras grouped by EXIF)")
     tried: list[Attempt] = []
     shutil.rmtree(work / "attempts", ignore_errors=True)  # a resumed run writes its own
-    for kind in feature_order(cfg["features"], photos, bool(cfg["shared_camera"]), log):
-        tried.append(attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device, threads))
+    kinds = feature_order(cfg["features"], photos, bool(cfg["shared_camera"]), log)
+    for kind in kinds:
+        around = None
+        if tried and kind in learned.KINDS and tried[0].registered >= AUTO_ENOUGH * len(photos):
+            around = lacked(tried[0], photos)
+        tried.append(attempt(kind, ingest, photos, threshold, cfg, work, log, progress, device, threads, around))
         log.info("%s", tried[-1].summary(len(photos)))
         if tried[-1].built:
-            write_attempt(work / "attempts", tried[-1].kind, tried[-1].built, tried[-1].record())
+            write_attempt(work / "attempts", tried[-1].label, tried[-1].built, tried[-1].record())
         if tried[-1].registered >= AUTO_ENOUGH * len(photos) and not (tried[-1].misplaced and len(tried) == 1):
             break
     enough = [a for a in tried if a.registered >= AUTO_ENOUGH * len(photos)]
