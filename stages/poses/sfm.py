@@ -487,7 +487,7 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
         if other is not best and other.model is not None:
             note = fill_in(frames, best.model, other.model, photos, threshold, log)
             if note:
-                result.attempts.append(f"{note} from {other.kind}")
+                result.attempts.append(f"{note} from {other.label}")
     result.dropped = {name: why for name, why in best.dropped.items() if Path(name).stem not in frames}
     result.solution = solution_of(best.model, frames)
     return result
