@@ -16,7 +16,9 @@ Method   Without --poses, structure from motion with pycolmap (sfm.py): features
          first model with 90 % of the photos (else the one with the most), and gives the photos
          that model lacks their cameras from the other models, moved into its frame by the cameras both share, where the two
          agree and the masks accept them (merge.py). A learned model then gets SIFT's more precise
-         tracks on the photo pairs it ties, triangulated with its cameras held (sift_tracks.py).
+         tracks on the photo pairs it ties, triangulated with its cameras held (sift_tracks.py),
+         and its tracks' observations aligned to each track's best view by patch correlation
+         (track_alignment.py: learned keypoints carry about a pixel of noise).
          Photos share a COLMAP camera when EXIF names the same camera, focal length and size
          (camera_groups.py), with the EXIF focal as a prior; a photo without EXIF has its own
          camera without distortion (a set with no EXIF at all and one image size: one camera; a
@@ -63,8 +65,9 @@ Outputs  poses/transforms.json     OpenGL camera-to-world per frame in the world
                                    "mean_reprojection_error", point counts, "up_from", ...}
 Config   [poses] camera_model, shared_camera, features, exhaustive_max, sequential_overlap,
          mapper, init_min_tri_angle, register_min_inliers, max_features, feature_size,
-         max_keypoints, edge_margin, match_neighbours, upright, sift_tracks, mask_dilation,
-         min_registered, min_registered_share (defaults and docs: workdir_template/config.toml).
+         max_keypoints, edge_margin, match_neighbours, upright, sift_tracks, track_alignment,
+         mask_dilation, min_registered, min_registered_share (defaults and docs:
+         workdir_template/config.toml).
 Cache    reruns when ingest or masks outputs, the [poses] section or the --poses file change.
          COLMAP's databases live in the stage's checkpoint folder (one per kind of features): after
          an interruption, a rerun skips feature extraction and matching. Fixed seeds: the same

@@ -37,6 +37,7 @@ from stages.poses.normalize import (SPARE_MISS_SHARE, hull_recall_without_each, 
 from stages.poses.camera_groups import camera_groups, group_key
 from stages.poses.photos import PhotoInput, read_mask
 from stages.poses.sift_tracks import add_sift_tracks
+from stages.poses.track_alignment import align_tracks
 
 MAPPERS = ("incremental", "global")
 FEATURES = ("auto", "sift", *learned.KINDS)
@@ -480,6 +481,11 @@ def run_sfm(ingest: Path, photos: list[PhotoInput], threshold: int, cfg: dict, w
         with colmap_log(work / "sift-tracks" / "log", log):
             best.model, note = add_sift_tracks(best.model, set(best.pair_inliers), best.folder, work, ingest, photos,
                                                threshold, cfg, log, threads, refine, sift)
+        log.info("%s", note)
+        result.attempts.append(note)
+    if best.kind in learned.KINDS and cfg["track_alignment"]:
+        with colmap_log(work / "track-alignment", log):
+            best.model, note = align_tracks(best.model, ingest, refine)
         log.info("%s", note)
         result.attempts.append(note)
     frames = frames_of(best.model, photos)
