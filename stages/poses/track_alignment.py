@@ -7,9 +7,9 @@ Learned keypoints carry about 1.4 px of noise on small photos (spot-wild's 480-p
 tracks, triangulated with the true cameras, reproject at 1.42 px median), and for a small object
 seen through a narrow view a turn of the camera and a shift of it look alike up to that noise, so
 the cameras absorb it (0.87 deg median there). Here every track's observations are moved to where
-their image best matches the track's reference view (the one that sees the point largest): a
-PATCH x PATCH pattern laid on the plane through the 3-D point facing the reference camera is
-projected into each photo (so scale, turn and foreshortening between the views are undone) and
+their image best matches the track's reference view (the one that sees the point largest): the
+reference's (2 PATCH_RADIUS + 1)^2 pixels, laid on the plane through the 3-D point facing its
+camera, are projected into each photo (so the views' differences in scale and turn are undone) and
 shifted within SEARCH_PX to the best normalised cross-correlation (which ignores the photos'
 differences in light and exposure), coarse then fine, a parabola giving the last fraction. An
 observation moves only where the correlation is MIN_CORRELATION or more and the best shift lies
