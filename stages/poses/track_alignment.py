@@ -43,7 +43,9 @@ def _gray(ingest: Path, name: str):
 
 def _sample(image, xy):
     """Bilinear samples of image [1, 1, H, W] at COLMAP pixel coordinates xy [..., 2] (pixel
-    centres at +0.5; numpy or a float32 tensor), as a tensor of xy's leading shape; NaN outside."""
+    centres at +0.5; numpy or a float32 tensor), as a tensor of xy's leading shape; NaN outside.
+    (Not stages.common.images.sample_bilinear: that one clamps at the border and gathers in float64
+    numpy, too slow for the hundreds of millions of samples a capture's search takes.)"""
     import torch
     import torch.nn.functional as F
 
